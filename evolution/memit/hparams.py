@@ -19,9 +19,10 @@ class MEMITHyperParams:
     kl_factor: float = 1.0            # KL to the unedited model on the neutral prompt(s)
     paraphrases: bool = True          # also rewrite the relation's training question forms
     keep_other_relations: bool = True
-    mom2_update_weight: float = 10.0  # lambda: how hard the update keeps the corpus keys' outputs
+    mom2_update_weight: float = 100.0  # lambda: keeps corpus keys (16 edits: 10 -> locality .70, 100 -> .83, 1000 -> no edit)
     stats_texts: int = 400
     subject_weight: float = 1.0       # weight of subject keys in C (layer_stats: 0 -> others get 32% of an edit)
+    protect_weight: float = 1.0       # earlier edits' keys (edit_memory), in units of one key
     ridge: float = 1e-2
     z_batch: int = 64                 # subjects whose target residuals are optimized together
     seed: int = 0
@@ -33,7 +34,8 @@ class MEMITHyperParams:
                   "z_batch": isinstance(self.z_batch, int) and self.z_batch >= 1,
                   "layer_share": 0.0 < self.layer_share <= 1.0,
                   "layers": self.layers is None or (isinstance(self.layers, (list, tuple)) and len(self.layers) > 0)}
-        for nm in ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "ridge", "mom2_update_weight", "subject_weight"):
+        for nm in ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "ridge", "mom2_update_weight", "subject_weight",
+                   "protect_weight"):
             v = getattr(self, nm)
             checks[nm] = isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 and (nm != "v_lr" or v > 0)
         bad = [k for k, ok in checks.items() if not ok]

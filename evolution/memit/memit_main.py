@@ -21,6 +21,7 @@ from evolution.locate import critical_layers, mlp_effects
 from evolution.memit.compute_z import request_texts, subject_groups, target_residuals
 from evolution.memit.hparams import MEMITHyperParams
 from evolution.requests import EditReport, check_finite, validate_requests, weights_restored_on_error
+from evolution.rome.edit_memory import prior_keys, protected, remember
 from evolution.rome.hparams import hparams_from
 from evolution.rome.layer_stats import key_covariance
 from evolution.rome.repr_tools import check_layer, decoder_layers, down_proj, keys_at_subject, outputs_at_subject
@@ -39,7 +40,8 @@ def subject_means(values: torch.Tensor, owners: list[int], n: int) -> torch.Tens
 
 
 def layer_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float, ridge: float) -> torch.Tensor:
-    """dW [d, d_ff] = R^T K (lam C + K^T K + ridge)^-1, in float64."""
+    """dW [d, d_ff] = R^T K (lam C + K^T K + ridge)^-1, in float64 (C may hold earlier
+    edits' keys: edit_memory)."""
     k, r = keys.double(), resid.double()
     a = lam * cov.to(k.device) + k.T @ k
     a = a + ridge * torch.trace(a) / a.shape[0] * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
@@ -68,18 +70,23 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
         t1 = time.time()
         z, _, infos = target_residuals(agent, reqs, top, world, hp, per_request)
         times["targets_s"] = round(time.time() - t1, 3)
-        norms = []
+        norms, written = [], []
         for i, l in enumerate(layers):
             keys = subject_means(keys_at_subject(agent.model, agent.tokenizer, texts, names, l), owners, len(subjects))
             cur = subject_means(outputs_at_subject(agent.model, agent.tokenizer, block, texts, names), owners,
                                 len(subjects))
             resid = (z - cur) / (len(layers) - i)
-            upd = layer_update(keys, resid, covs[l], hp.mom2_update_weight, hp.ridge)
+            cov = protected(covs[l], prior_keys(agent.model, l, set(subjects)), hp.protect_weight / hp.mom2_update_weight
+                            if hp.mom2_update_weight else 0.0)
+            upd = layer_update(keys, resid, cov, hp.mom2_update_weight, hp.ridge)
             check_finite(f"MEMIT update of layer {l}", upd, "raise mom2_update_weight or ridge")
             mod = down_proj(agent.model, l)
             with torch.no_grad():
                 mod.weight += upd.to(mod.weight.dtype)
             norms.append(float(upd.norm()))
+            written.append((l, [(s, k) for s, k in zip(subjects, keys)]))
+    for l, entries in written:
+        remember(agent.model, l, entries)
     nll_after = [x for info in infos for x in info["nll_after"]]
     return EditReport("memit", len(reqs), round(time.time() - t0, 3), layers, True,
                       {"layer_source": source, "subjects": len(subjects), "update_norms": norms,

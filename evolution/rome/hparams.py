@@ -22,6 +22,7 @@ class ROMEHyperParams:
     keep_other_relations: bool = True  # also hold the subject's other questions (needs a world)
     stats_texts: int = 400            # corpus texts for the key covariance (>= 10x d_ff keys)
     subject_weight: float = 1.0       # weight of subject keys in C (layer_stats: 0 -> others get 32% of an edit)
+    protect_weight: float = 1.0       # earlier edits' keys in C (edit_memory); 0: plain r-ROME
     ridge: float = 1e-2               # ridge on the covariance, relative to its mean eigenvalue
     seed: int = 0
 
@@ -29,7 +30,7 @@ class ROMEHyperParams:
         checks = {"n_prefixes": isinstance(self.n_prefixes, int) and self.n_prefixes >= 0,
                   "v_steps": isinstance(self.v_steps, int) and self.v_steps >= 1,
                   "stats_texts": isinstance(self.stats_texts, int) and self.stats_texts >= 1}
-        for nm in ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "ridge", "subject_weight"):
+        for nm in ("v_lr", "v_weight_decay", "clamp_norm_factor", "kl_factor", "ridge", "subject_weight", "protect_weight"):
             v = getattr(self, nm)
             checks[nm] = isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 and (nm != "v_lr" or v > 0)
         bad = [k for k, ok in checks.items() if not ok]

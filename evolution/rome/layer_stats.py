@@ -134,13 +134,20 @@ def key_covariance(agent, layer: int, world=None, n_texts: int = 400, seed: int 
 
     cov = _cached(stats_path(base_hash, src, layer, n), corpus)
     if subject_weight and world is not None:
-        def subjects():
-            prompts, names = subject_prompts(world)
+        prompts, names = subject_prompts(world)
+
+        def prompt_keys():
+            # every token of every taught person's question and statement prompts: the
+            # question words' keys, which an edit must not move in anyone's question
+            return collect_covariance(base_model(), agent.tokenizer, prompts, layer)
+
+        def subject_keys():
+            # the subjects' own keys in those prompts: other people, whom an edit must miss
             k = keys_at_subject(base_model(), agent.tokenizer, prompts, names, layer).double().cpu()
-            _enough(len(k), k.shape[1], "the world's subject prompts")
             return k.T @ k / len(k), len(k)
-        cov = cov + subject_weight * _cached(stats_path(base_hash, world_fingerprint(world), layer, 0, "-subj"),
-                                             subjects)
+        whash = world_fingerprint(world)
+        cov = cov + subject_weight * (_cached(stats_path(base_hash, whash, layer, 0, "-prompts"), prompt_keys)
+                                      + _cached(stats_path(base_hash, whash, layer, 0, "-subj"), subject_keys))
     return cov
 
 

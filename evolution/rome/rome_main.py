@@ -20,6 +20,7 @@ from evolution.requests import EditReport, EditRequest, check_finite, validate_r
 from evolution.rome.compute_u import context_prefixes, left_vector, prompt_forms, rewrite_texts, subject_key
 from evolution.rome.compute_v import neutral_prompts, optimize_deltas
 from evolution.rome.hparams import ROMEHyperParams, hparams_from
+from evolution.rome.edit_memory import prior_keys, protected, remember
 from evolution.rome.layer_stats import inverse_covariance, key_covariance
 from evolution.rome.repr_tools import check_layer, down_proj
 
@@ -39,12 +40,18 @@ def rank_one_update(delta: torch.Tensor, u: torch.Tensor, k_star: torch.Tensor) 
     return (torch.outer(delta.double(), u.double()) / denom).float()
 
 
-def rome_one(agent, request: EditRequest, layer: int, cov_inv: torch.Tensor, hp: ROMEHyperParams,
-             world, seed: int) -> dict:
-    """Apply one request to agent.model in place; returns its diagnostics."""
+def rome_one(agent, request: EditRequest, layer: int, cov: torch.Tensor, hp: ROMEHyperParams,
+             world, seed: int, written: list) -> dict:
+    """Apply one request to agent.model in place; returns its diagnostics. `written`: keys
+    of this call's earlier requests (protected like the memory's)."""
     prefixes = context_prefixes(agent, world, hp.n_prefixes, seed, request.subject, request.relation)
     texts = rewrite_texts(prompt_forms(request, world, hp.paraphrases), prefixes)
     k_star = subject_key(agent, request, layer, texts)
+    earlier = [k for s, k in written if s != request.subject]
+    mem = prior_keys(agent.model, layer, {request.subject})
+    keys = torch.cat([x for x in (mem, torch.stack(earlier).double() if earlier else None) if x is not None]) \
+        if (mem is not None or earlier) else None
+    cov_inv = inverse_covariance(protected(cov, keys, hp.protect_weight), hp.ridge)
     u = left_vector(k_star, cov_inv.to(k_star.device))
     mod = down_proj(agent.model, layer)
     delta, _, info = optimize_deltas(agent.model, agent.tokenizer, mod, layer, [request], [texts],
@@ -55,6 +62,7 @@ def rome_one(agent, request: EditRequest, layer: int, cov_inv: torch.Tensor, hp:
     with torch.no_grad():
         mod.weight += upd.to(mod.weight.dtype)
     check_finite(f"layer {layer} down_proj after the edit", mod.weight)
+    written.append((request.subject, k_star.detach().double().cpu()))
     return {"subject": request.subject, "relation": request.relation, "target": request.target,
             "nll_before": info["nll_before"][0], "nll_after": info["nll_after"][0], "steps": info["steps"],
             "delta_norm": info["delta_norm"][0], "update_norm": float(upd.norm())}
@@ -69,8 +77,9 @@ def rome(agent, requests, world=None, check_current: bool = True, **hparams) -> 
     reqs = validate_requests(agent, requests, world, check_current)
     layer, source = chosen_layer(agent, world, reqs, hp.layer)
     cov = key_covariance(agent, layer, world, hp.stats_texts, hp.seed, subject_weight=hp.subject_weight)
-    cov_inv = inverse_covariance(cov, hp.ridge)
+    written: list = []
     with weights_restored_on_error(agent.model):
-        per = [rome_one(agent, r, layer, cov_inv, hp, world, hp.seed * 100003 + i) for i, r in enumerate(reqs)]
+        per = [rome_one(agent, r, layer, cov, hp, world, hp.seed * 100003 + i, written) for i, r in enumerate(reqs)]
+    remember(agent.model, layer, written)
     return EditReport("rome", len(reqs), round(time.time() - t0, 3), [layer], True,
                       {"layer_source": source, "per_request": per})
