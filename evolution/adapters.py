@@ -73,7 +73,7 @@ def export_adapter(agent, out_dir: str | Path, rank: int = 8, strict: bool = Fal
                    atol: float = 0.0) -> AdapterExport:
     """Write the agent's delta as a peft LoRA adapter directory and say how exact it is."""
     from peft import LoraConfig, get_peft_model
-    if not isinstance(rank, int) or rank < 1:
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise AdapterError(f"rank: {rank!r}; give a positive integer")
     delta = agent.delta(atol)
     if not delta:
@@ -117,6 +117,8 @@ def export_adapter(agent, out_dir: str | Path, rank: int = 8, strict: bool = Fal
                 raise AdapterError(f"{mname}: peft scaling {lm.scaling['default']} != 1; peft's rank/alpha "
                                    "patterns were not applied")
     out = Path(out_dir)
-    peft_model.save_pretrained(out, safe_serialization=True)
+    # peft's default ('auto') would also save the full base embedding and lm_head matrices
+    # whenever they are targets; the base is shared, the adapter holds only the factors.
+    peft_model.save_pretrained(out, safe_serialization=True, save_embedding_layers=False)
     (out / "knowevo_adapter.json").write_text(json.dumps(report.to_dict(), indent=2))
     return report

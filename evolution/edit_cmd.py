@@ -13,6 +13,7 @@ before any work; nothing is written when the edit fails.
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -40,6 +41,18 @@ def target_logprobs(agent, requests) -> list[float]:
     scores = candidate_logprobs(agent.model, agent.tokenizer, [r.prompt for r in requests],
                                 [(r.target,) for r in requests])
     return [round(float(s[0]), 4) for s in scores]
+
+
+def json_safe(x):
+    """NaN/inf -> None (null): a metric with nothing to measure (portability without a company
+    edit) must not make metrics.json unreadable to strict JSON readers (jq, JSON.parse)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    return x
 
 
 def cmd_edit(args) -> int:
@@ -78,7 +91,7 @@ def cmd_edit(args) -> int:
     if args.adapter:
         from evolution.adapters import export_adapter
         result["adapter"] = export_adapter(agent, args.adapter, rank=args.rank).to_dict()
-    (out / "metrics.json").write_text(json.dumps(result, indent=2, default=str))
+    (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2, default=str, allow_nan=False))
     shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
     print(f"edited {len(requests)} fact(s) with {args.method} in {report.seconds:.1f}s "
           f"(layers {report.layers}); model written to {out}\n{json.dumps(shown)}")

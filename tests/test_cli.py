@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -43,3 +44,62 @@ def test_bad_settings_are_named(tmp_path, capsys):
 def test_console_script_is_installed():
     r = subprocess.run([sys.executable, "-m", "evolution.cli", "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "pretrain" in r.stdout
+
+
+def _write_requests(path, requests) -> None:
+    path.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in requests))
+
+
+def test_edit_command_writes_a_loadable_model_metrics_and_an_exact_adapter(tmp_path, small_dir, small_agent,
+                                                                           small_world, capsys):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    from tests.edit_helpers import known_requests
+    reqs = known_requests(small_agent, small_world, 2, seed=1)
+    _write_requests(tmp_path / "req.jsonl", reqs)
+    out, ad = tmp_path / "edited", tmp_path / "adapter"
+    argv = ["edit", "--model", str(small_dir), "--method", "rome", "--requests", str(tmp_path / "req.jsonl"),
+            "--out", str(out), "--adapter", str(ad), "--rank", "4", "--locality", "30", "--set", "v_steps=10"]
+    assert main(argv) == 0
+    assert "edited 2 fact(s) with rome" in capsys.readouterr().out
+    m = json.loads((out / "metrics.json").read_text(), parse_constant=lambda c: pytest.fail(f"bare {c} in metrics.json"))
+    assert m["method"] == "rome" and m["hparams"] == {"v_steps": 10} and m["report"]["layers"] == [0]
+    for k in ("reliability", "generalization", "locality", "locality_same_person"):
+        assert 0 <= m["metrics"][k] <= 1, k
+    # portability asks a company edit's derived city where it changes: null when none does
+    port = m["metrics"]["portability"]
+    assert (0 <= port <= 1) if m["metrics"]["n_portability"] else port is None
+    # measured (v_steps=10): reliability 1.0, target log-prob -6.2/-4.3 before, -0.46/-0.08 after
+    assert m["metrics"]["reliability"] >= 0.5
+    assert all(a > b for a, b in zip(m["metrics"]["target_logprob_after"], m["metrics"]["target_logprob_before"]))
+    assert m["adapter"]["exact"] and list(m["adapter"]["modules"]) == ["model.layers.0.mlp.down_proj"]
+    assert (out / "world.json").is_file() and (out / "tokenizer.json").is_file()
+    edited = AutoModelForCausalLM.from_pretrained(out).eval()
+    served = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(small_dir), ad).eval()
+    enc = small_agent.tokenizer([r.prompt for r in reqs], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        want, got = edited(**enc).logits, served(**enc).logits
+    assert torch.allclose(got, want, atol=1e-4, rtol=0)     # the written model = base + adapter
+
+
+def test_edit_command_refuses_bad_input_and_writes_nothing(tmp_path, small_dir, small_agent, small_world, capsys):
+    from dataclasses import replace
+    from tests.edit_helpers import known_requests
+    reqs = known_requests(small_agent, small_world, 2, seed=1)
+    _write_requests(tmp_path / "ok.jsonl", reqs)
+    current = small_agent.beliefs([small_world.query(reqs[1].subject, reqs[1].relation)])[0].answer
+    _write_requests(tmp_path / "current.jsonl", [reqs[0], replace(reqs[1], target=current)])
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    cases = [(["--method", "rom", "--requests", "ok.jsonl", "--out", "o"], "unknown edit method 'rom'"),
+             (["--requests", "current.jsonl", "--out", "o"], f"request 1 .*already answers '{current}'"),
+             (["--requests", "ok.jsonl", "--out", "full"], "--out .*full.* exists and is not empty"),
+             (["--requests", "missing.jsonl", "--out", "o"], "missing.jsonl.* does not exist")]
+    for extra, msg in cases:
+        args = [a if a.startswith("-") or a == "rom" else str(tmp_path / a) for a in extra]
+        assert main(["edit", "--model", str(small_dir), "--adapter", str(tmp_path / "ad"), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()[-1]    # after transformers' loading bar
+        assert err.startswith("knowevo edit: error: ") and re.search(msg, err), (msg, err)
+        assert not (tmp_path / "o").exists() and not (tmp_path / "ad").exists()
+    assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]

@@ -19,7 +19,8 @@ class MEMITHyperParams:
     kl_factor: float = 1.0            # KL to the unedited model on the neutral prompt(s)
     paraphrases: bool = True          # also rewrite the relation's training question forms
     keep_other_relations: bool = True
-    mom2_update_weight: float = 100.0  # lambda: keeps corpus keys (16 edits: 10 -> locality .70, 100 -> .83, 1000 -> no edit)
+    mom2_update_weight: float = 10.0   # lambda: keeps corpus keys. Default model, single edits: 10 -> reliability 1.0,
+    #   locality .99; 100 -> no edit lands (1.0 -> 0.0). 16 edits in a batch: 10 -> locality .70, 100 -> .83
     stats_texts: int = 400
     subject_weight: float = 1.0       # weight of subject keys in C (layer_stats: 0 -> others get 32% of an edit)
     protect_weight: float = 1.0       # earlier edits' keys (edit_memory), in units of one key

@@ -1,0 +1,232 @@
+"""Knowledge editing on the default model, EasyEdit-style: the issue's three must-shows.
+
+    python -m bench.editing single     [--n 100]   [--methods rome,memit,ft_l,wise,finetune]
+    python -m bench.editing sequential [--n 1000]  [--checkpoints 10,100,1000] [--methods ...]
+    python -m bench.editing batch      [--n 1000]  (MEMIT, every edit in one call)
+    python -m bench.editing report                 (tables + plot from what is stored)
+
+single: each counterfactual edit on a fresh copy of the base model (distinct people), scored
+against one baseline of the unedited model. sequential: the edits one after another on one
+agent; the metrics after 10, 100, 1,000 edits cover every edit made so far. The 1,000
+sequential edits are every editable fact (5 relations; company city is derived) of 200 of
+the 240 taught people; the other 40 people are the locality probe (the same 200 queries at
+every checkpoint). Rows are stored in docs/bench_data/editing.json as they are measured, so
+an interrupted run resumes where it stopped (`--fresh` starts over). Every number comes from
+belief records (analysis.edit_metrics); a method that raises on an edit counts it as
+failed (the editors leave the weights as they were) and goes on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import time
+
+import pandas as pd
+
+from agents.agent import Agent
+from agents.pretrain import PretrainConfig, pretrained_dir
+from analysis.edit_metrics import edit_baseline, evaluate_edits
+from bench.common import DOC, md_table, write_section
+from envs.facts import Fact
+from envs.world import World
+from evolution.requests import counterfactual_requests
+
+METHODS = ("rome", "memit", "ft_l", "wise", "finetune")
+STORE = DOC.parent / "bench_data" / "editing.json"
+PLOT = DOC.parent / "img" / "editing_sequential.png"
+METRICS = ("reliability", "generalization", "locality", "locality_same_person", "portability", "fluency")
+# plain fine-tuning (the `finetune` learner on the fact's statements and questions) as the
+# baseline every editor should beat on locality; the editors run with their defaults
+FINETUNE = dict(epochs=5, lr=1e-3, batch_size=16)
+LOCALITY_PEOPLE = 40
+
+
+def apply_edit(agent: Agent, world: World, requests, method: str) -> dict:
+    """One call of `method` on `requests`; {'seconds', 'failed', 'error'}."""
+    t0 = time.perf_counter()
+    try:
+        if method == "finetune":
+            agent.learn([Fact(r.subject, r.relation, r.target) for r in requests], "finetune", world=world, **FINETUNE)
+        else:
+            agent.edit(requests, method=method, world=world)
+        err = None
+    except (ValueError, FloatingPointError) as e:   # EditError, LearnError: weights restored
+        err = f"{type(e).__name__}: {e}"[:200]
+    return {"seconds": time.perf_counter() - t0, "failed": err is not None, "error": err}
+
+
+# -- storage: one JSON list of rows, keyed by (experiment, method, edits) ----------------------
+def load_rows() -> list[dict]:
+    return json.loads(STORE.read_text()) if STORE.exists() else []
+
+
+def save_row(row: dict) -> None:
+    rows = [r for r in load_rows() if (r["experiment"], r["method"], r["edits"]) !=
+            (row["experiment"], row["method"], row["edits"])]
+    STORE.parent.mkdir(exist_ok=True)
+    STORE.write_text(json.dumps(rows + [row], indent=1, default=float))
+
+
+def done(experiment: str, method: str, edits: int) -> bool:
+    return any((r["experiment"], r["method"], r["edits"]) == (experiment, method, edits) for r in load_rows())
+
+
+def default_model() -> tuple[Agent, World]:
+    path = pretrained_dir(PretrainConfig(), progress=False)
+    return Agent.from_dir(path), World.load(path / "world.json")
+
+
+# -- experiments -----------------------------------------------------------------------------
+def run_single(base: Agent, world: World, n: int, methods) -> None:
+    reqs = counterfactual_requests(world, n, seed=0)
+    baseline = edit_baseline(base, world, reqs, n_locality=200, n_bios=20)
+    for method in methods:
+        if done("single", method, n):
+            print(f"single/{method}: stored, skipped")
+            continue
+        per, fails, seconds = [], 0, []
+        for i, r in enumerate(reqs):
+            agent = base.spawn(f"{method}-{i}")
+            res = apply_edit(agent, world, [r], method)
+            fails += res["failed"]
+            seconds.append(res["seconds"])
+            per.append(evaluate_edits(agent, world, [r], before=baseline))
+            if (i + 1) % 20 == 0:
+                print(f"single/{method}: {i + 1}/{n} edits, {sum(seconds) / len(seconds):.2f} s/edit", flush=True)
+        df = pd.DataFrame(per)
+        row = {"experiment": "single", "method": method, "edits": n, "failed": fails,
+               "s/edit": sum(seconds) / n, **{m: float(df[m].astype(float).mean()) for m in METRICS}}
+        save_row(row)
+        print(row, flush=True)
+
+
+def sequential_requests(world: World, n: int):
+    """n distinct facts of the people outside the locality probe (seeded)."""
+    taught = sorted(p.name for p in world.people if p.taught)
+    keep_out = set(random.Random(0).sample(taught, LOCALITY_PEOPLE))
+    return counterfactual_requests(world, n, seed=1, subjects=[s for s in taught if s not in keep_out],
+                                   distinct_subjects=False)
+
+
+def run_sequential(base: Agent, world: World, n: int, checkpoints: list[int], methods, max_minutes: float) -> None:
+    reqs = sequential_requests(world, n)
+    baseline = edit_baseline(base, world, reqs, n_locality=200, n_bios=20)
+    for method in methods:
+        if all(done("sequential", method, c) for c in checkpoints):
+            print(f"sequential/{method}: stored, skipped")
+            continue
+        agent, fails, spent, t_start = base.spawn(method), 0, 0.0, time.time()
+        for i, r in enumerate(reqs, start=1):
+            res = apply_edit(agent, world, [r], method)
+            fails += res["failed"]
+            spent += res["seconds"]
+            if i in checkpoints:
+                t_eval = time.time()
+                m = evaluate_edits(agent, world, reqs[:i], before=baseline)
+                row = {"experiment": "sequential", "method": method, "edits": i, "failed": fails,
+                       "s/edit": spent / i, "eval s": round(time.time() - t_eval, 1),
+                       **{k: float(m[k]) if m[k] is not None else float("nan") for k in METRICS}}
+                save_row(row)
+                print(row, flush=True)
+            if (time.time() - t_start) / 60 > max_minutes:
+                print(f"sequential/{method}: stopped after {i} edits ({max_minutes} min budget); later "
+                      "checkpoints not measured", flush=True)
+                break
+
+
+def run_batch(base: Agent, world: World, n: int) -> None:
+    reqs = sequential_requests(world, n)
+    baseline = edit_baseline(base, world, reqs, n_locality=200, n_bios=20)
+    agent = base.spawn("memit-batch")
+    res = apply_edit(agent, world, reqs, "memit")
+    m = evaluate_edits(agent, world, reqs, before=baseline)
+    row = {"experiment": "batch", "method": "memit", "edits": n, "failed": n if res["failed"] else 0,
+           "seconds": res["seconds"], "s/edit": res["seconds"] / n, "error": res["error"],
+           **{k: float(m[k]) if m[k] is not None else float("nan") for k in METRICS}}
+    save_row(row)
+    print(row, flush=True)
+
+
+# -- report ----------------------------------------------------------------------------------
+def plot_sequential(df: pd.DataFrame) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = ("reliability", "generalization", "locality", "portability")
+    fig, axes = plt.subplots(1, 4, figsize=(14, 3.2), sharey=True)
+    for ax, k in zip(axes, keys):
+        for method, g in df.groupby("method"):
+            g = g.sort_values("edits")
+            ax.plot(g.edits, g[k], marker="o", label=method)
+        ax.set_xscale("log")
+        ax.set_title(k)
+        ax.set_xlabel("sequential edits")
+        ax.set_ylim(-0.02, 1.02)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    PLOT.parent.mkdir(exist_ok=True)
+    fig.savefig(PLOT, dpi=110)
+    plt.close(fig)
+
+
+def report() -> None:
+    rows = pd.DataFrame(load_rows())
+    if rows.empty:
+        raise SystemExit(f"nothing stored in {STORE}; run `python -m bench.editing single` first")
+    cols = ["failed", "s/edit", "reliability", "generalization", "locality", "locality_same_person",
+            "portability", "fluency"]
+    note = ("Default model (300 people, seed 0). reliability = edit prompt answered with the target; "
+            "generalization = the 2 held-out question paraphrases; locality = unchanged answers on 200 "
+            "facts of people no edit touches; locality_same_person = the edited people's other relations "
+            "unchanged; portability = company city follows a company edit (where the city changes); "
+            "fluency = perplexity of 20 untouched bios before / after (1 = unchanged). Argmax over each "
+            "relation's closed candidate set. `finetune` = plain full fine-tuning on the fact's texts "
+            f"({FINETUNE}). Timings on 2 shared CPU cores.")
+    parts = []
+    single = rows[rows.experiment == "single"]
+    if not single.empty:
+        parts.append("### 100 single counterfactual edits (each on a fresh copy)\n\n" +
+                     md_table(single.set_index("method")[cols]))
+    seq = rows[rows.experiment == "sequential"]
+    if not seq.empty:
+        plot_sequential(seq)
+        parts.append("### Sequential edits (metrics over every edit so far)\n\n" +
+                     md_table(seq.sort_values(["method", "edits"]).set_index(["method", "edits"])[cols]) +
+                     f"\n\n![sequential editing]({PLOT.relative_to(DOC.parent)})")
+    batch = rows[rows.experiment == "batch"]
+    if not batch.empty:
+        parts.append("### MEMIT, all edits in one batch\n\n" +
+                     md_table(batch.set_index(["method", "edits"])[["seconds"] + cols]))
+    write_section("editing", "Knowledge editing: single, sequential and batch", "\n\n".join(parts + [note]))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("experiment", choices=("single", "sequential", "batch", "report"))
+    ap.add_argument("--n", type=int, default=None, help="edits (single: 100, sequential/batch: 1000)")
+    ap.add_argument("--methods", default=",".join(METHODS))
+    ap.add_argument("--checkpoints", default="10,100,1000")
+    ap.add_argument("--max-minutes", type=float, default=60.0, help="per method, sequential only")
+    ap.add_argument("--fresh", action="store_true", help="forget stored rows of this experiment")
+    args = ap.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    if args.fresh and STORE.exists():
+        STORE.write_text(json.dumps([r for r in load_rows() if r["experiment"] != args.experiment], indent=1))
+    if args.experiment != "report":
+        base, world = default_model()
+        if args.experiment == "single":
+            run_single(base, world, args.n or 100, methods)
+        elif args.experiment == "sequential":
+            cps = sorted(int(c) for c in args.checkpoints.split(","))
+            run_sequential(base, world, args.n or max(cps), cps, methods, args.max_minutes)
+        else:
+            run_batch(base, world, args.n or 1000)
+    report()
+
+
+if __name__ == "__main__":
+    main()
