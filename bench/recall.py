@@ -1,6 +1,6 @@
 """What the default model learns, and how long it takes: the foundation's must-show.
 
-    python -m bench.recall [--people 300,2000] [--eval-facts 900]
+    python -m bench.recall [--people 300,2000] [--eval-people 300]
 
 Trains from scratch (timed; the result also fills the model cache), then scores the argmax
 over candidates of the summed log-prob after the question for taught people with and

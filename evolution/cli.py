@@ -92,8 +92,6 @@ def main(argv: list[str] | None = None) -> int:
     from evolution.edit_cmd import add_edit_parser
     add_edit_parser(sub)
     args = p.parse_args(argv)
-    if getattr(args, "qa_fraction", None) is not None:
-        args.qa_fraction, args.untaught_fraction = args.qa_fraction, args.untaught_fraction
     try:
         return args.fn(args)
     except ValueError as e:  # our input errors: one clear line, no traceback

@@ -5,7 +5,8 @@
 
 Requests are JSON lines {"subject", "relation", "target"[, "prompt"]}. DIR2 receives the
 edited model (transformers/vLLM loadable safetensors + tokenizer; the source's world.json
-is copied, since the world's truth did not change) and metrics.json: the edit report and
+is copied, since the world's truth did not change; a WISE edit adds its side memory,
+wise.safetensors, which `evolution.wise.persist.load_side_memory` puts back) and metrics.json: the edit report and
 EasyEdit-named metrics (analysis.edit_metrics) when the subjects belong to the world,
 else each request's target log-probability before and after. Every input is checked
 before any work; nothing is written when the edit fails.
@@ -82,15 +83,20 @@ def cmd_edit(args) -> int:
     metrics = {"target_logprob_before": lp_before, "target_logprob_after": target_logprobs(agent, requests)}
     if in_world:
         metrics.update(evaluate_edits(agent, world, requests, before=baseline))
+    result = {"method": args.method, "model": str(src), "hparams": hp, "report": report.to_dict(),
+              "metrics": metrics, "requests": [r.to_dict() for r in requests]}
+    if args.adapter:   # first: an adapter that cannot be written (a WISE edit has no delta) stops here
+        from evolution.adapters import export_adapter
+        result["adapter"] = export_adapter(agent, args.adapter, rank=args.rank).to_dict()
     agent.save(out)
+    from evolution.wise.memory import side_memory_of
+    if side_memory_of(agent.model) is not None:   # WISE edits live in the side memory, not the weights
+        from evolution.wise.persist import save_side_memory
+        save_side_memory(agent, out)
+        result["side_memory"] = "wise.safetensors (load with evolution.wise.persist.load_side_memory)"
     for extra in ("world.json", "knowevo.json"):
         if (src / extra).is_file():
             shutil.copyfile(src / extra, out / extra)
-    result = {"method": args.method, "model": str(src), "hparams": hp, "report": report.to_dict(),
-              "metrics": metrics, "requests": [r.to_dict() for r in requests]}
-    if args.adapter:
-        from evolution.adapters import export_adapter
-        result["adapter"] = export_adapter(agent, args.adapter, rank=args.rank).to_dict()
     (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2, default=str, allow_nan=False))
     shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
     print(f"edited {len(requests)} fact(s) with {args.method} in {report.seconds:.1f}s "

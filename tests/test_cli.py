@@ -103,3 +103,23 @@ def test_edit_command_refuses_bad_input_and_writes_nothing(tmp_path, small_dir, 
         assert err.startswith("knowevo edit: error: ") and re.search(msg, err), (msg, err)
         assert not (tmp_path / "o").exists() and not (tmp_path / "ad").exists()
     assert [p.name for p in (tmp_path / "full").iterdir()] == ["keep.txt"]
+
+
+def test_edit_command_keeps_a_wise_side_memory_and_refuses_its_adapter(tmp_path, small_dir, small_agent,
+                                                                       small_world, capsys):
+    from agents.agent import Agent
+    from evolution.wise.persist import load_side_memory
+    from tests.edit_helpers import answers, known_requests
+    reqs = known_requests(small_agent, small_world, 1, seed=2, relations=["company"])
+    _write_requests(tmp_path / "req.jsonl", reqs)
+    base = ["edit", "--model", str(small_dir), "--method", "wise", "--requests", str(tmp_path / "req.jsonl")]
+    # a side memory is no weight delta: asking for an adapter is refused, and nothing is written
+    assert main(base + ["--out", str(tmp_path / "a"), "--adapter", str(tmp_path / "ad")]) == 2
+    assert "no delta" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert main(base + ["--out", str(tmp_path / "w")]) == 0
+    out = tmp_path / "w"
+    assert (out / "wise.safetensors").is_file() and "side_memory" in json.loads((out / "metrics.json").read_text())
+    agent = Agent.from_dir(out)
+    assert answers(agent, small_world, reqs) != [reqs[0].target]    # the weights alone: unedited
+    load_side_memory(agent, out)
+    assert answers(agent, small_world, reqs) == [reqs[0].target]
