@@ -9,6 +9,7 @@ multi-template + permutation augmentation of the bios.
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import pandas as pd
@@ -49,7 +50,9 @@ def main():
     print(df.round(3).to_string())
     body = (md_table(df) + f"\n\n{args.people} people (20 % never taught, QA for half of the taught), "
             f"{args.steps} pretraining steps (fine-tune regimes add {args.steps // 2} QA-only steps). "
-            "The column that matters is QA accuracy on people whose QA was never trained.")
+            "The column that matters is QA accuracy on people whose QA was never trained. `seconds` is "
+            f"wall time (1-minute load average at the end: {os.getloadavg()[0]:.1f}; above 2, other work shared "
+            "the 2 cores and inflated it).")
     write_section("storage-extraction", "Storage vs extraction (Physics of LMs 3.1)", body)
 
 

@@ -105,7 +105,8 @@ def requests_from_world(world, rows: Iterable) -> list[EditRequest]:
 
 def counterfactual_requests(world, n: int, seed: int = 0, relations: Iterable[str] | None = None,
                             subjects: Iterable[str] | None = None, taught_only: bool = True,
-                            distinct_subjects: bool = True, seen_targets: bool = True) -> list[EditRequest]:
+                            distinct_subjects: bool = True, seen_targets: bool = True,
+                            agent=None) -> list[EditRequest]:
     """`n` random counterfactuals: (person, relation, a candidate that is not the truth).
     With `seen_targets`, the target is an object some taught person has for that relation:
     a tiny model never trained to say an object cannot be edited into saying it (in the
@@ -113,7 +114,9 @@ def counterfactual_requests(world, n: int, seed: int = 0, relations: Iterable[st
     With `distinct_subjects` every edit names a different person (single-edit benchmarks);
     without, every edit a different (person, relation) fact (long sequential runs need more
     edits than there are people). Derived relations (company_city follows company) are left
-    out by default: portability checks that they follow. Deterministic from `seed`."""
+    out by default: portability checks that they follow. With `agent`, the target also
+    differs from what the agent answers now (where it is wrong, a random wrong target can be
+    its current answer, and an editor refuses that request). Deterministic from `seed`."""
     rng = random.Random(seed)
     rels = sorted(relations) if relations is not None else sorted(r for r in world.relations
                                                                   if r not in world.derived)
@@ -130,10 +133,13 @@ def counterfactual_requests(world, n: int, seed: int = 0, relations: Iterable[st
             raise EditError(f"n: {n} edits on distinct facts but only {len(facts)} (person, relation) pairs")
         pairs = rng.sample(facts, n)
     seen = {r: {world.truth(p.name, r) for p in world.people if p.taught} for r in rels}
+    current = [b.answer for b in agent.beliefs([world.query(s, r) for s, r in pairs])] if agent is not None \
+        else [None] * len(pairs)
     out = []
-    for s, r in pairs:
+    for (s, r), now in zip(pairs, current):
         truth = world.truth(s, r)
-        pool = [c for c in world.relations[r].candidates if c != truth and (not seen_targets or c in seen[r])]
+        pool = [c for c in world.relations[r].candidates
+                if c not in (truth, now) and (not seen_targets or c in seen[r])]
         if not pool:
             raise EditError(f"relation {r!r}: no candidate other than the truth was ever taught; "
                             "pass seen_targets=False")

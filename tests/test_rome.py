@@ -114,3 +114,11 @@ def test_nan_in_a_later_update_restores_every_earlier_edit_of_the_call(fresh, mo
     with pytest.raises(EditError, match="NaN"):
         agent.edit(reqs, method="rome", world=world, v_steps=5, n_prefixes=1)
     assert len(calls) == 2 and same_weights(agent, before)
+
+
+def test_counterfactuals_avoid_the_agents_current_answer(fresh):
+    base, world = fresh
+    reqs = counterfactual_requests(world, 300, seed=0, distinct_subjects=False, taught_only=False, agent=base)
+    now = [b.answer for b in base.beliefs([r.query(world) for r in reqs])]
+    assert all(r.target != a and r.target != world.truth(r.subject, r.relation) for r, a in zip(reqs, now))
+    assert validate_requests(base, reqs, world) is not None      # none is refused as already answered
