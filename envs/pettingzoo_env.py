@@ -124,7 +124,9 @@ class _ProtocolGame:
         return self.finished
 
     def render(self) -> str:
-        lines = [f"round {self.round}: {self.query.prompt} (truth: {self.query.truth})"]
+        # after the last step `round` already points past the end: name the round last played
+        head = f"finished after round {self.round - 1}" if self.finished else f"round {self.round}"
+        lines = [f"{head}: {self.query.prompt} (truth: {self.query.truth})"]
         for n in self.names:
             c = self.board.latest(n, self.query)
             lines.append(f"  {n}: {c.object if c else '-'}")

@@ -103,3 +103,19 @@ def test_random_and_agent_policies_drive_both_envs(setting, small_agent, small_w
         aec.step(None if term or trunc else policy(aec, agent, obs, info))
         steps += 1
     assert steps == 2 * 3 + 3      # two rounds of three turns, then each agent leaves
+
+
+def test_render_names_the_round_played(setting):
+    world, queries = setting
+    env = ProtocolParallelEnv(make_protocol("discussion", {"rounds": 2}), world, queries, agents=2,
+                              render_mode="ansi")
+    env.reset(seed=0, options={"query": 0})
+    assert env.render().startswith("round 0:")
+    steps = 0
+    while env.agents:
+        env.step({a: 0 for a in env.agents})
+        steps += 1
+    q = queries[0]
+    assert steps == 3     # round 0, then the protocol's 2 rounds
+    assert env.render().splitlines() == [f"finished after round 2: {q.prompt} (truth: {q.truth})",
+                                         f"  agent 0: {q.candidates[0]}", f"  agent 1: {q.candidates[0]}"]
