@@ -1,16 +1,21 @@
 """Name -> function tables for editing and learning methods.
 
 The core does not know any method: `evolution/` registers its own on import. A method is
-`fn(agent, requests_or_data, **hparams) -> report`.
+`fn(agent, requests_or_data, **hparams) -> report`. Users' methods are found the way users'
+protocols are: `@register_editor(name)` in Python, an entry point in the group
+`knowevo.editors` / `knowevo.learners` of their package, or a dotted path
+`package.module:function` given as the method name (so `knowevo edit --method` takes them).
 """
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
 from typing import Callable
 
 EDITORS: dict[str, Callable] = {}
 LEARNERS: dict[str, Callable] = {}
 _BUILTINS = "evolution.methods"   # imports every built-in method module
+ENTRY_POINT_GROUPS = {"edit": "knowevo.editors", "learning": "knowevo.learners"}
 
 
 def register_editor(name: str):
@@ -27,6 +32,21 @@ def register_learner(name: str):
     return deco
 
 
+def _entry_points(kind: str) -> dict:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUPS[kind])}
+
+
+def _from_dotted_path(name: str, kind: str) -> Callable:
+    module, _, attr = name.partition(":")
+    try:
+        fn = getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"{kind} method {name!r}: cannot import it ({e}); give 'package.module:function'") from e
+    if not callable(fn):
+        raise ValueError(f"{kind} method {name!r} is a {type(fn).__name__}, not a function")
+    return fn
+
+
 def _lookup(table: dict, name: str, kind: str) -> Callable:
     if name not in table:
         try:
@@ -34,9 +54,15 @@ def _lookup(table: dict, name: str, kind: str) -> Callable:
         except ModuleNotFoundError as e:
             if e.name != _BUILTINS:
                 raise
-    if name not in table:
-        raise ValueError(f"unknown {kind} method {name!r}; known: {sorted(table)}")
-    return table[name]
+    if name in table:
+        return table[name]
+    if ":" in name:
+        return _from_dotted_path(name, kind)
+    eps = _entry_points(kind)
+    if name in eps:
+        return eps[name].load()
+    raise ValueError(f"unknown {kind} method {name!r}; known: {sorted(set(table) | set(eps))}, or a "
+                     "dotted path 'package.module:function'")
 
 
 def editor(name: str) -> Callable:

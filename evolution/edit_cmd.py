@@ -107,7 +107,7 @@ def cmd_edit(args) -> int:
 def add_edit_parser(sub) -> None:
     e = sub.add_parser("edit", help="edit facts in a model dir (ROME, MEMIT, ...) and write the edited model")
     e.add_argument("--model", required=True, help="model dir (knowevo pretrain output or a HF checkpoint)")
-    e.add_argument("--method", default="rome", help="registered editor: rome, memit, ...")
+    e.add_argument("--method", default="rome", help="editor: rome, memit, ft_l, wise, an entry point of knowevo.editors, or package.module:function")
     e.add_argument("--requests", required=True, help='JSON lines: {"subject", "relation", "target"[, "prompt"]}')
     e.add_argument("--out", required=True, help="new directory for the edited model and metrics.json")
     e.add_argument("--world", default=None, help="world.json (default: the one in --model)")

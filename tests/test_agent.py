@@ -93,3 +93,28 @@ def test_bad_model_dirs_get_clear_errors(small_dir, tmp_path):
 def test_unknown_edit_method_is_named(small_agent):
     with pytest.raises(ValueError, match="unknown edit method 'teleport'"):
         small_agent.edit([], method="teleport")
+    with pytest.raises(ValueError, match="edit method 'tests.test_agent:nothing': cannot import"):
+        small_agent.edit([], method="tests.test_agent:nothing")
+    with pytest.raises(ValueError, match="is a int, not a function"):
+        small_agent.edit([], method="tests.test_agent:NOT_A_FUNCTION")
+
+
+NOT_A_FUNCTION = 3
+
+
+def count_requests(agent, requests, **hparams):
+    """A user's editor: what it was called with, so the test sees it ran."""
+    return {"agent": agent.name, "requests": len(requests), **hparams}
+
+
+def test_users_editors_by_dotted_path_and_entry_point(small_agent, monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    from agents import methods
+    assert small_agent.edit([1, 2], method="tests.test_agent:count_requests", k=1) == \
+        {"agent": small_agent.name, "requests": 2, "k": 1}
+    ep = EntryPoint(name="counter", value="tests.test_agent:count_requests", group="knowevo.editors")
+    monkeypatch.setattr(methods, "_entry_points", lambda kind: {"counter": ep} if kind == "edit" else {})
+    assert small_agent.edit([1], method="counter") == {"agent": small_agent.name, "requests": 1}
+    with pytest.raises(ValueError, match="unknown learning method 'counter'"):
+        small_agent.learn([], method="counter")
