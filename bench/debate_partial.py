@@ -11,7 +11,8 @@ related fact). Per graph:
   (answers and supporting facts, counted from the records) becomes one answer sampled from
   an agent's round-0 belief (seeded), and the plurality of those samples is the group's;
 - the knower's round-0 accuracy: what the one agent that learned the person says alone (the
-  ceiling if the group deferred to it).
+  ceiling if the group deferred to it), and what the knower and the others say after the
+  last round (does the knower convince the others, or is it talked out of what it knows?).
 
     python bench/debate_partial.py [--quick] [--out runs/debate]
 """
@@ -95,15 +96,18 @@ def main() -> None:
         acc = accuracy_by_round(recs, by=[]).set_index("round")
         shares = knowledge_shares(point, sample_queries(point, world))
         knower = {s: f"agent {i}" for i, share in enumerate(shares) for s in share}
-        r0 = recs[recs["round"] == 0]
-        by_knower = r0[r0["agent"] == r0["subject"].map(knower)]
+        is_knower = recs["agent"] == recs["subject"].map(knower)
+        right = recs["answer"] == recs["truth"]
+        at = lambda rnd, who: right[(recs["round"] == rnd) & who].mean()
         calls = calls_per_query(recs)
         g0, _ = group_accuracy(recs, 0)
         gl, k_last = group_accuracy(recs, last)
         n_q = recs.drop_duplicates(["subject", "relation"]).shape[0]
         lo, hi = wilson_interval(k_last, n_q)
         rows.append({"graph": label.split("=", 1)[1], "agents": recs["agent"].nunique(), "queries": n_q,
-                     "knower alone, round 0": (by_knower["answer"] == by_knower["truth"]).mean(),
+                     "knower alone, round 0": at(0, is_knower),
+                     f"knower round {last}": at(last, is_knower),
+                     "others round 0": at(0, ~is_knower), f"others round {last}": at(last, ~is_knower),
                      "agent acc. round 0": acc.loc[0, "accuracy"],
                      f"agent acc. round {last}": acc.loc[last, "accuracy"],
                      "vote round 0 (1 call/agent)": g0,
