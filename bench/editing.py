@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import time
 
@@ -62,6 +63,7 @@ def load_rows() -> list[dict]:
 
 
 def save_row(row: dict) -> None:
+    row = {**row, "measured": f"{time.strftime('%Y-%m-%d')}, load avg {os.getloadavg()[0]:.1f}"}
     rows = [r for r in load_rows() if (r["experiment"], r["method"], r["edits"]) !=
             (row["experiment"], row["method"], row["edits"])]
     STORE.parent.mkdir(exist_ok=True)
@@ -185,17 +187,21 @@ def report() -> None:
             "unchanged; portability = company city follows a company edit (where the city changes); "
             "fluency = perplexity of 20 untouched bios before / after (1 = unchanged). Argmax over each "
             "relation's closed candidate set. `finetune` = plain full fine-tuning on the fact's texts "
-            f"({FINETUNE}). Timings on 2 shared CPU cores.")
+            f"({FINETUNE}). locality_same_person is nan where no relation of an edited person is left unedited "
+            "(1,000 sequential edits cover nearly every fact of the people they draw from). Timings on 2 "
+            "CPU cores shared with other runs (`measured` gives the load average); each row was run with "
+            "1 thread unless the header says otherwise.")
     parts = []
     single = rows[rows.experiment == "single"]
     if not single.empty:
         parts.append("### 100 single counterfactual edits (each on a fresh copy)\n\n" +
-                     md_table(single.set_index("method")[cols]))
+                     md_table(single.set_index("method")[cols + (["measured"] if "measured" in single else [])]))
     seq = rows[rows.experiment == "sequential"]
     if not seq.empty:
         plot_sequential(seq)
         t = seq.sort_values(["method", "edits"]).set_index(["method", "edits"])
         t = t[cols + ["stopped"]].assign(stopped=t.stopped.fillna("")) if "stopped" in t else t[cols]
+        t = t.join(seq.set_index(["method", "edits"])[["measured"]]) if "measured" in seq else t
         parts.append("### Sequential edits (metrics over every edit so far)\n\n" + md_table(t) +
                      "\n\n`stopped: time budget`: the method ran out of its `--max-minutes` there; the row is "
                      "measured where it stopped and later checkpoints were not reached." +
@@ -203,7 +209,8 @@ def report() -> None:
     batch = rows[rows.experiment == "batch"]
     if not batch.empty:
         parts.append("### MEMIT, all edits in one batch\n\n" +
-                     md_table(batch.set_index(["method", "edits"])[["seconds"] + cols]))
+                     md_table(batch.sort_values("edits").set_index(["method", "edits"])
+                              [["seconds"] + cols + (["measured"] if "measured" in batch else [])]))
     write_section("editing", "Knowledge editing: single, sequential and batch", "\n\n".join(parts + [note]))
 
 

@@ -257,6 +257,10 @@ def test_personas_move_between_prior_and_social_belief():
     assert easy.answer == "b" and easy.probs[1] > social.probs[1] and sum(easy.probs) == pytest.approx(1, abs=1e-5)
     assert easy.p_truth == easy.probs[0] and easy.confidence == max(easy.probs)
     assert social_weight("social:0.5") == 0.5
+    # a candidate ruled out alone and with peers (1e-10 -> 1e-4) is no answer however easy-going
+    # (unsmoothed, its ratio 1e6 made it the easy-going answer)
+    claim = blend(_belief([0.9, 0.1, 1e-10]), _belief([0.5, 0.5, 1e-4]), social_weight("easy-going"))
+    assert claim.answer == "b" and claim.probs[2] < 0.01
     with pytest.raises(ValueError, match="persona 'shy': unknown"):
         social_weight("shy")
 
