@@ -5,6 +5,8 @@
     python -m bench.editing batch      [--n 1000]  (MEMIT, every edit in one call)
     python -m bench.editing report                 (tables + plot from what is stored)
 
+A method may carry hyperparameters: `--methods wise:shard_size=10:merge=ties`.
+
 single: each counterfactual edit on a fresh copy of the base model (distinct people), scored
 against one baseline of the unedited model. sequential: the edits one after another on one
 agent; the metrics after 10, 100, 1,000 edits cover every edit made so far. The 1,000
@@ -24,6 +26,7 @@ import random
 import time
 
 import pandas as pd
+import yaml
 
 from agents.agent import Agent
 from agents.pretrain import PretrainConfig, pretrained_dir
@@ -43,14 +46,31 @@ FINETUNE = dict(epochs=5, lr=1e-3, batch_size=16)
 LOCALITY_PEOPLE = 40
 
 
+def method_spec(spec: str) -> tuple[str, dict]:
+    """'wise' or 'wise:shard_size=10:merge=ties': a method and hyperparameters that differ
+    from its defaults (rows are stored under the whole spec)."""
+    name, *items = spec.split(":")
+    if name not in METHODS:
+        raise SystemExit(f"--methods: unknown {name!r}; choose from {list(METHODS)}")
+    hp = {}
+    for item in filter(None, items):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SystemExit(f"--methods {spec!r}: {item!r} is not key=value")
+        hp[key.strip()] = yaml.safe_load(value)
+    return name, hp
+
+
 def apply_edit(agent: Agent, world: World, requests, method: str) -> dict:
-    """One call of `method` on `requests`; {'seconds', 'failed', 'error'}."""
+    """One call of `method` (a spec, see method_spec) on `requests`; {'seconds', 'failed', 'error'}."""
+    name, hp = method_spec(method)
     t0 = time.perf_counter()
     try:
-        if method == "finetune":
-            agent.learn([Fact(r.subject, r.relation, r.target) for r in requests], "finetune", world=world, **FINETUNE)
+        if name == "finetune":
+            agent.learn([Fact(r.subject, r.relation, r.target) for r in requests], "finetune", world=world,
+                        **{**FINETUNE, **hp})
         else:
-            agent.edit(requests, method=method, world=world)
+            agent.edit(requests, method=name, world=world, **hp)
         err = None
     except (ValueError, FloatingPointError) as e:   # EditError, LearnError: weights restored
         err = f"{type(e).__name__}: {e}"[:200]
@@ -224,9 +244,8 @@ def main() -> None:
     ap.add_argument("--fresh", action="store_true", help="forget stored rows of this experiment")
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"--methods: unknown {unknown}; choose from {list(METHODS)}")
+    for m in methods:
+        method_spec(m)
     if args.fresh and STORE.exists():
         STORE.write_text(json.dumps([r for r in load_rows() if r["experiment"] != args.experiment], indent=1))
     if args.experiment != "report":
