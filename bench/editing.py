@@ -26,6 +26,7 @@ import random
 import time
 
 import pandas as pd
+import torch
 import yaml
 
 from agents.agent import Agent
@@ -83,7 +84,8 @@ def load_rows() -> list[dict]:
 
 
 def save_row(row: dict) -> None:
-    row = {**row, "measured": f"{time.strftime('%Y-%m-%d')}, load avg {os.getloadavg()[0]:.1f}"}
+    row = {**row, "measured": f"{time.strftime('%Y-%m-%d')}, {torch.get_num_threads()} threads, "
+                              f"load avg {os.getloadavg()[0]:.1f}"}
     rows = [r for r in load_rows() if (r["experiment"], r["method"], r["edits"]) !=
             (row["experiment"], row["method"], row["edits"])]
     STORE.parent.mkdir(exist_ok=True)
@@ -209,8 +211,8 @@ def report() -> None:
             "relation's closed candidate set. `finetune` = plain full fine-tuning on the fact's texts "
             f"({FINETUNE}). locality_same_person is nan where no relation of an edited person is left unedited "
             "(1,000 sequential edits cover nearly every fact of the people they draw from). Timings on 2 "
-            "CPU cores shared with other runs (`measured` gives the load average); each row was run with "
-            "1 thread unless the header says otherwise.")
+            "CPU cores shared with other runs (`measured` gives the load average, and the threads where "
+            "they were recorded); rows without a thread count ran with 1 thread.")
     parts = []
     single = rows[rows.experiment == "single"]
     if not single.empty:
