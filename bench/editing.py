@@ -27,7 +27,6 @@ import time
 
 import pandas as pd
 import torch
-import yaml
 
 from agents.agent import Agent
 from agents.pretrain import PretrainConfig, pretrained_dir
@@ -35,6 +34,7 @@ from analysis.edit_metrics import edit_baseline, evaluate_edits
 from bench.common import DOC, md_table, write_section
 from envs.facts import Fact
 from envs.world import World
+from evolution.edit_cmd import parsed_sets
 from evolution.requests import counterfactual_requests
 
 METHODS = ("rome", "memit", "ft_l", "wise", "finetune")
@@ -53,13 +53,10 @@ def method_spec(spec: str) -> tuple[str, dict]:
     name, *items = spec.split(":")
     if name not in METHODS:
         raise SystemExit(f"--methods: unknown {name!r}; choose from {list(METHODS)}")
-    hp = {}
-    for item in filter(None, items):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise SystemExit(f"--methods {spec!r}: {item!r} is not key=value")
-        hp[key.strip()] = yaml.safe_load(value)
-    return name, hp
+    try:
+        return name, parsed_sets(items)      # what `knowevo edit --set` does with its pairs
+    except ValueError as e:
+        raise SystemExit(f"--methods {spec!r}: {e}") from None
 
 
 def apply_edit(agent: Agent, world: World, requests, method: str) -> dict:
@@ -213,17 +210,17 @@ def report() -> None:
             "(1,000 sequential edits cover nearly every fact of the people they draw from). Timings on 2 "
             "CPU cores shared with other runs (`measured` gives the load average, and the threads where "
             "they were recorded); rows without a thread count ran with 1 thread.")
+    cols += [c for c in ("stopped", "measured") if c in rows]   # absent from rows of older stores
+    rows = rows.assign(**{c: rows[c].fillna("") for c in ("stopped", "measured") if c in rows})
     parts = []
     single = rows[rows.experiment == "single"]
     if not single.empty:
         parts.append("### 100 single counterfactual edits (each on a fresh copy)\n\n" +
-                     md_table(single.set_index("method")[cols + (["measured"] if "measured" in single else [])]))
+                     md_table(single.set_index("method")[[c for c in cols if c != "stopped"]]))
     seq = rows[rows.experiment == "sequential"]
     if not seq.empty:
         plot_sequential(seq)
-        t = seq.sort_values(["method", "edits"]).set_index(["method", "edits"])
-        t = t[cols + ["stopped"]].assign(stopped=t.stopped.fillna("")) if "stopped" in t else t[cols]
-        t = t.join(seq.set_index(["method", "edits"])[["measured"]]) if "measured" in seq else t
+        t = seq.sort_values(["method", "edits"]).set_index(["method", "edits"])[cols]
         parts.append("### Sequential edits (metrics over every edit so far)\n\n" + md_table(t) +
                      "\n\n`stopped: time budget`: the method ran out of its `--max-minutes` there; the row is "
                      "measured where it stopped and later checkpoints were not reached." +
@@ -232,7 +229,7 @@ def report() -> None:
     if not batch.empty:
         parts.append("### MEMIT, all edits in one batch\n\n" +
                      md_table(batch.sort_values("edits").set_index(["method", "edits"])
-                              [["seconds"] + cols + (["measured"] if "measured" in batch else [])]))
+                              [["seconds"] + [c for c in cols if c != "stopped"]]))
     write_section("editing", "Knowledge editing: single, sequential and batch", "\n\n".join(parts + [note]))
 
 
