@@ -12,6 +12,8 @@ import importlib
 from importlib.metadata import entry_points
 from typing import Callable
 
+from agents.plugins import import_dotted
+
 EDITORS: dict[str, Callable] = {}
 LEARNERS: dict[str, Callable] = {}
 _BUILTINS = "evolution.methods"   # imports every built-in method module
@@ -37,11 +39,10 @@ def _entry_points(kind: str) -> dict:
 
 
 def _from_dotted_path(name: str, kind: str) -> Callable:
-    module, _, attr = name.partition(":")
     try:
-        fn = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise ValueError(f"{kind} method {name!r}: cannot import it ({e}); give 'package.module:function'") from e
+        fn = import_dotted(name)
+    except ImportError as e:
+        raise ValueError(f"{kind} method {name!r}: {e}") from None
     if not callable(fn):
         raise ValueError(f"{kind} method {name!r} is a {type(fn).__name__}, not a function")
     return fn

@@ -3,9 +3,9 @@
 patterns by round ("debate,reflection,debate", as in MachineSoM)."""
 from __future__ import annotations
 
-import importlib
 from importlib.metadata import entry_points
 
+from agents.plugins import import_dotted
 from protocols.base import Protocol, ProtocolError
 
 ENTRY_POINT_GROUP = "knowevo.protocols"
@@ -31,12 +31,10 @@ def known_protocols() -> list[str]:
 
 
 def _load(path: str, what: str) -> type[Protocol]:
-    mod, _, attr = path.partition(":")
     try:
-        obj = getattr(importlib.import_module(mod), attr)
-    except (ImportError, AttributeError) as e:
-        raise ProtocolError(f"protocol: cannot load {what} {path!r} ({e}); write 'package.module:Class' "
-                            "with the package importable") from None
+        obj = import_dotted(path)
+    except ImportError as e:
+        raise ProtocolError(f"protocol: cannot load {what}: {e}") from None
     if not (isinstance(obj, type) and issubclass(obj, Protocol)):
         raise ProtocolError(f"protocol: {path!r} is not a subclass of protocols.base.Protocol")
     return obj
