@@ -9,7 +9,8 @@ corrupted of the right answer's first token) by token position x layer, one pane
 module kind (block output, MLP, attention). It is saved to docs/img/tracing.png.
 
 The layer the editors use comes from the same module: `mlp_effects` (every subject token's
-MLP restored at once, 16 facts, what ROME and MEMIT call) and `critical_layers` on it.
+MLP restored at once, 16 facts, what ROME and MEMIT call) and `critical_layers` on it; the
+subject token they edit from `subject_token_effects` and `key_tokens`.
 
 Q-probing (evolution.locate.probe_accuracy): a ridge classifier reads each relation's
 answer from the hidden state at the last token of the bare name, 5-fold held-out accuracy
@@ -35,7 +36,8 @@ from agents.pretrain import PretrainConfig, pretrained_dir
 from bench.common import DOC, md_table, write_section
 from envs.world import World
 from evolution.ft_l import FTLHyperParams
-from evolution.locate import KINDS, causal_trace, critical_layers, mlp_effects, probe_accuracy, trace_table
+from evolution.locate import (KINDS, causal_trace, critical_layers, key_tokens, mlp_effects, probe_accuracy,
+                              subject_token_effects, trace_table)
 from evolution.memit.hparams import MEMITHyperParams
 from evolution.wise.editor import WISEHyperParams
 
@@ -110,6 +112,14 @@ def layer_choice(agent: Agent, world: World) -> tuple[pd.DataFrame, str]:
             f"`critical_layers` picks **layer {rome}** for ROME (the argmax) and layers {memit} for MEMIT "
             f"(neighbours with >= {share} of the largest effect). FT-L and WISE take `layer` as an hparam "
             f"(defaults {FTLHyperParams().layer} and {WISEHyperParams().layer}).")
+    tok_effects = subject_token_effects(agent, world, (rome,))
+    names = [p.name for p in world.people]
+    chosen = pd.Series(key_tokens(agent.tokenizer, names, tok_effects, names)).value_counts()
+    text += (f"\n\nEditors' subject token (ROME, MEMIT): `subject_token_effects` at layer {rome}, each subject "
+             "token's MLP restored alone, gives " + ", ".join(f"{k}: {v:.3f}" for k, v in tok_effects.items()) +
+             "; `key_tokens` picks the most traced token whose key tells the person apart (the subject's "
+             "tokens up to it begin no other name), so for this world's people: " +
+             ", ".join(f"{n} at token {t}" for t, n in chosen.sort_index().items()) + " (-1 = last).")
     return df, text
 
 

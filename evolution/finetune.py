@@ -26,6 +26,7 @@ import torch
 
 from agents.methods import register_learner
 from envs.facts import Fact
+from evolution.requests import hparams_of
 
 FORMS = ("both", "statements", "qa")
 
@@ -127,13 +128,9 @@ class LearnHyperParams:
 
 
 def _hparams(hp: dict) -> LearnHyperParams:
-    known = set(LearnHyperParams.__dataclass_fields__)
-    unknown = sorted(set(hp) - known)
-    if unknown:
-        raise LearnError(f"learn: unknown hparam {unknown[0]!r}; known: {sorted(known | {'world', 'replay'})}")
     if "targets" in hp:
         hp = {**hp, "targets": tuple(hp["targets"])}
-    return LearnHyperParams(**hp)
+    return hparams_of(LearnHyperParams, hp, "learn", LearnError, also_known=("world", "replay"))
 
 
 # -- the loop -------------------------------------------------------------------------------

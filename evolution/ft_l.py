@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
 from agents.methods import register_editor
-from evolution.requests import EditError, EditReport, check_finite, validate_requests, weights_restored_on_error
+from evolution.requests import (EditError, EditReport, check_finite, hparams_of, validate_requests,
+                                weights_restored_on_error)
 
 MODULES = ("down_proj", "mlp")
 
@@ -48,15 +49,6 @@ class FTLHyperParams:
             raise EditError(f"FT-L hparam {bad[0]}={getattr(self, bad[0])!r} is invalid: layer is an int, "
                             f"module one of {MODULES}, lr > 0 and finite, steps >= 1, norm_constraint >= 0, "
                             "stop_loss >= 0, batch_size >= 0")
-
-
-def hparams_of(cls, hp: dict, method: str):
-    """A hyperparameter dataclass from keywords; a misspelt name is an error listing the known ones."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(hp) - known)
-    if unknown:
-        raise EditError(f"{method}: unknown hparam {unknown[0]!r}; known: {sorted(known)}")
-    return cls(**hp)
 
 
 def mlp_of(model, layer: int):

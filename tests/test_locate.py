@@ -3,8 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from evolution.locate import (POSITIONS, causal_trace, critical_layers, known_cases, mlp_effects, position_category,
-                              probe_accuracy, trace_case, trace_table)
+from evolution.locate import (POSITIONS, causal_trace, chosen_key_tokens, critical_layers, key_tokens, known_cases,
+                              mlp_effects, position_category, probe_accuracy, subject_token_effects, trace_case,
+                              trace_table)
 
 
 def test_critical_layers_picks_the_argmax_and_its_window():
@@ -44,6 +45,34 @@ def test_editors_take_layer_0_from_tracing(small_agent, small_world):
     # measured: whole-subject MLP restoration recovers 0.17 (6 facts) / 0.19 (16) at layer 0; layer 1: 0
     assert len(effects) == 2 and effects[1] == 0 and effects[0] > 0.02
     assert critical_layers(effects) == [0]
+
+
+def test_key_token_is_the_most_traced_token_that_tells_the_subject_apart(small_agent, small_world):
+    tok = small_agent.tokenizer
+    # words the word-level tokenizer knows (one token each), made into names
+    a, b, c, d, e, f, g, h = sorted({w for p in small_world.people for w in p.name.split()})[:8]
+    names = [f"{a} {b} {c}", f"{a} {b} {d}", f"{a} {e} {c}", f"{f} {g} {h}"]
+    assert all(len(tok(" " + n, add_special_tokens=False).input_ids) == 3 for n in names)
+    middle = {"first subject token": 0.10, "middle subject tokens": 0.08, "last subject token": 0.01}
+    got = key_tokens(tok, names, middle, names)
+    # a begins three names, "a b" two: those fall back to the last token; "a e" and f are
+    # unique, so the larger traced effect decides (the first token for "f g h")
+    assert [got[n] for n in names] == [-1, -1, -2, -3]
+    assert key_tokens(tok, names, {"last subject token": 0.2, "middle subject tokens": 0.1}, names)[names[3]] == -1
+    # without other names nothing but the last token is known to tell the subject apart
+    assert key_tokens(tok, names[3:], middle) == {names[3]: -1}
+
+
+def test_editors_take_the_subject_token_from_tracing(small_agent, small_world):
+    from evolution.requests import counterfactual_requests
+    effects = subject_token_effects(small_agent, small_world, (0,), n_facts=6)
+    assert set(effects) <= {"first subject token", "middle subject tokens", "last subject token"}
+    reqs = counterfactual_requests(small_world, 3, seed=0)
+    mine, everyone, source = chosen_key_tokens(small_agent, small_world, reqs, [0], None)
+    assert source == "tracing" and set(mine) == {r.subject for r in reqs}
+    assert len(everyone) == len(small_world.people) and all(-3 <= t <= -1 for t in everyone.values())
+    assert chosen_key_tokens(small_agent, small_world, reqs, [0], -1)[0] == {r.subject: -1 for r in reqs}
+    assert chosen_key_tokens(small_agent, None, reqs, [0], None)[2] == "last (no world)"
 
 
 def test_probe_separates_a_linear_code_and_reports_the_majority_floor(small_agent, small_world):

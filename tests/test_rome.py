@@ -91,6 +91,8 @@ def test_bad_input_is_refused_before_any_work(fresh):
         agent.edit([r], method="rome", world=world, layer=7)
     with pytest.raises(EditError, match="unknown hparam 'v_step'"):
         agent.edit([r], method="rome", world=world, v_step=3)
+    with pytest.raises(EditError, match="statements='False' must be true or false"):
+        agent.edit([r], method="rome", world=world, statements="False")   # a truthy string from a command line
     with pytest.raises(ValueError, match="unknown edit method 'rom'"):
         agent.edit([r], method="rom", world=world)
     with pytest.raises(EditError, match="requests: empty"):

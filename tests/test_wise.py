@@ -151,6 +151,31 @@ def test_ties_merge():
                        torch.tensor([[0.0, 5.0], [0.0, 0.0]]))
 
 
+def test_merging_adds_new_shards_to_the_merged_memory(monkeypatch):
+    """Shard 0 stands for every edit merged so far: a new shard is added to it, not averaged
+    with it (averaging halved the earlier edits at each merge: reliability .20 after 10)."""
+    import evolution.wise.editor as ed
+    from evolution.wise.memory import SideMemoryLinear
+    monkeypatch.setattr(ed, "refresh_threshold", lambda *a, **kw: 0.0)
+    mem = SideMemoryLinear(torch.nn.Linear(3, 2, bias=False), layer=0)
+    old, new = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), torch.tensor([[2.0, 1.0, 0.0], [0.0, -1.0, 0.0]])
+    for d in (old, new):
+        mem.add_shard(d != 0)
+        mem.deltas[-1] = d
+        mem.shard_prompts[-1] = [("p", "t", "s", True)]
+    ed.merge_closed(None, mem, ed.WISEHyperParams(merge="ties"))
+    assert mem.n_shards == 1 and torch.equal(mem.deltas[0], old + new)
+    assert len(mem.shard_prompts[0]) == 2
+
+
+def test_merged_memory_keeps_every_edit(small_agent, small_world):
+    reqs = known_requests(small_agent, small_world, 3, seed=11)
+    agent = small_agent.spawn("wise-ties")
+    reports = [agent.edit([r], method="wise", world=small_world, merge="ties") for r in reqs]
+    assert [r.details["shards"] for r in reports] == [1, 1, 1]
+    assert answers(agent, small_world, reqs) == [r.target for r in reqs]
+
+
 def test_lora_refuses_the_wrapped_projection(edited):
     from evolution.finetune import LearnError
     agent = edited[0].spawn("lora-after-wise")

@@ -17,12 +17,11 @@ import time
 import torch
 
 from agents.methods import register_editor
-from evolution.locate import critical_layers, mlp_effects
+from evolution.locate import chosen_key_tokens, critical_layers, mlp_effects
 from evolution.memit.compute_z import request_texts, subject_groups, target_residuals
 from evolution.memit.hparams import MEMITHyperParams
-from evolution.requests import EditReport, check_finite, validate_requests, weights_restored_on_error
+from evolution.requests import EditReport, check_finite, hparams_of, validate_requests, weights_restored_on_error
 from evolution.rome.edit_memory import prior_keys, protected, remember
-from evolution.rome.hparams import hparams_from
 from evolution.rome.layer_stats import key_covariance
 from evolution.rome.repr_tools import check_layer, decoder_layers, down_proj, keys_at_subject, outputs_at_subject
 
@@ -52,12 +51,13 @@ def layer_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam
 def memit(agent, requests, world=None, check_current: bool = True, **hparams) -> EditReport:
     """Apply all `requests` in one batch. Bad input raises before any work; any failure
     raises with the weights exactly as they were."""
-    hp = hparams_from(MEMITHyperParams, hparams)
+    hp = hparams_of(MEMITHyperParams, hparams, "memit")
     t0 = time.time()
     reqs = validate_requests(agent, requests, world, check_current)
     layers, source = chosen_layers(agent, world, reqs, hp)
-    covs = {l: key_covariance(agent, l, world, hp.stats_texts, hp.seed, subject_weight=hp.subject_weight)
-            for l in layers}
+    tokens, people_tokens, token_source = chosen_key_tokens(agent, world, reqs, layers, hp.subject_token)
+    covs = {l: key_covariance(agent, l, world, hp.stats_texts, hp.seed, subject_weight=hp.subject_weight,
+                              tokens=people_tokens) for l in layers}
     subjects, groups = subject_groups(reqs)
     per_request = request_texts(agent, reqs, world, hp)
     texts = [t for tx in per_request for t in tx]
@@ -68,12 +68,13 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
     times = {}
     with weights_restored_on_error(agent.model):
         t1 = time.time()
-        z, _, infos = target_residuals(agent, reqs, top, world, hp, per_request)
+        z, _, infos = target_residuals(agent, reqs, top, world, hp, per_request, tokens)
         times["targets_s"] = round(time.time() - t1, 3)
         norms, written = [], []
         for i, l in enumerate(layers):
-            keys = subject_means(keys_at_subject(agent.model, agent.tokenizer, texts, names, l), owners, len(subjects))
-            cur = subject_means(outputs_at_subject(agent.model, agent.tokenizer, block, texts, names), owners,
+            keys = subject_means(keys_at_subject(agent.model, agent.tokenizer, texts, names, l, tokens), owners,
+                                 len(subjects))
+            cur = subject_means(outputs_at_subject(agent.model, agent.tokenizer, block, texts, names, tokens), owners,
                                 len(subjects))
             resid = (z - cur) / (len(layers) - i)
             cov = protected(covs[l], prior_keys(agent.model, l, set(subjects)), hp.protect_weight / hp.mom2_update_weight
@@ -89,5 +90,6 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
         remember(agent.model, l, entries)
     nll_after = [x for info in infos for x in info["nll_after"]]
     return EditReport("memit", len(reqs), round(time.time() - t0, 3), layers, True,
-                      {"layer_source": source, "subjects": len(subjects), "update_norms": norms,
+                      {"layer_source": source, "subject_token_source": token_source,
+                       "subject_tokens": sorted(set(tokens.values())), "subjects": len(subjects), "update_norms": norms,
                        "target_nll_mean": sum(nll_after) / len(nll_after), **times})

@@ -1,4 +1,4 @@
-"""The value: a vector delta added to a module's output at the subject's last token, found by
+"""The value: a vector delta added to a module's output at the subject's edited token, found by
 gradient descent so that the prompt (alone and behind random prefixes) continues with the
 target, while a KL term keeps the subject's neutral prompt (and, with a world, its other
 questions) as the unedited model had them, and a weight decay plus a norm clamp keep delta
@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from evolution.requests import EditRequest, check_finite
-from evolution.rome.repr_tools import decoder_layers, padded, subject_last_index, with_target
+from evolution.rome.repr_tools import decoder_layers, padded, subject_index, with_target
 
 
 @dataclass
@@ -33,24 +33,25 @@ class Rows:
     target_start: list[int]
 
 
-def rewrite_rows(tokenizer, requests: list[EditRequest], texts: list[list[str]], groups: list[int]) -> Rows:
+def rewrite_rows(tokenizer, requests: list[EditRequest], texts: list[list[str]], groups: list[int],
+                 tokens: dict[str, int]) -> Rows:
     rows = Rows([], [], [], [])
     for i, r, tx in zip(groups, requests, texts):
         for text in tx:
             ids, start = with_target(tokenizer, text, r.target)
             rows.seqs.append(ids)
-            rows.subj.append(subject_last_index(tokenizer, text, r.subject))
+            rows.subj.append(subject_index(tokenizer, text, r.subject, tokens.get(r.subject, -1)))
             rows.owner.append(i)
             rows.target_start.append(start)
     return rows
 
 
-def kl_rows(tokenizer, kl_prompts: list[list[str]], subjects: list[str]) -> Rows:
+def kl_rows(tokenizer, kl_prompts: list[list[str]], subjects: list[str], tokens: dict[str, int]) -> Rows:
     rows = Rows([], [], [], [])
     for i, (prompts, s) in enumerate(zip(kl_prompts, subjects)):
         for text in prompts:
             rows.seqs.append(tokenizer(text).input_ids)
-            rows.subj.append(subject_last_index(tokenizer, text, s))
+            rows.subj.append(subject_index(tokenizer, text, s, tokens.get(s, -1)))
             rows.owner.append(i)
             rows.target_start.append(-1)
     return rows
@@ -147,18 +148,21 @@ def losses(model, layer: int, resid: torch.Tensor, b: Batch, delta: torch.Tensor
 def optimize_deltas(model, tokenizer, module, layer: int, requests: list[EditRequest], texts: list[list[str]],
                     kl_prompts: list[list[str]], steps: int, lr: float, weight_decay: float,
                     clamp_norm_factor: float, kl_factor: float,
-                    groups: list[int] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    groups: list[int] | None = None,
+                    tokens: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(delta [g, d], `module`'s unedited output at the subject averaged over each group's
     rewrite rows [g, d], info). delta is added to the residual after block `layer` (where
     `module`, that block's MLP or the block itself, writes). `texts[i]`: request i's rewrite
     texts (each continued by the target); `groups[i]`: request i's delta row (default: its
-    own); `kl_prompts[g]`: group g's neutral prompts. The model is left untouched."""
+    own); `kl_prompts[g]`: group g's neutral prompts; `tokens`: the subject token each subject
+    is edited at (repr_tools; default its last). The model is left untouched."""
     device = next(model.parameters()).device
     groups = list(range(len(requests))) if groups is None else list(groups)
     n = max(groups) + 1
     subjects = {g: r.subject for g, r in zip(groups, requests)}
-    b = batch_of(rewrite_rows(tokenizer, requests, texts, groups),
-                 kl_rows(tokenizer, kl_prompts, [subjects[g] for g in range(n)]), tokenizer.pad_token_id, device)
+    tokens = tokens or {}
+    b = batch_of(rewrite_rows(tokenizer, requests, texts, groups, tokens),
+                 kl_rows(tokenizer, kl_prompts, [subjects[g] for g in range(n)], tokens), tokenizer.pad_token_id, device)
     rows_all = torch.arange(len(b.subj), device=device)
 
     # the module's value at the subject (for the clamp) and the residual to resume from

@@ -107,10 +107,12 @@ def _enough(n_keys: int, d: int, what: str) -> None:
 
 
 def key_covariance(agent, layer: int, world=None, n_texts: int = 400, seed: int = 0,
-                   texts: list[str] | None = None, subject_weight: float = 0.0) -> torch.Tensor:
+                   texts: list[str] | None = None, subject_weight: float = 0.0,
+                   tokens: dict[str, int] | None = None) -> torch.Tensor:
     """E[k k^T] (float64, d_ff x d_ff) of the agent's *base* model at `layer` over corpus
-    tokens, plus `subject_weight` x the second moment of subject keys (needs a world); both
-    parts cached on disk. Computed on the base weights so that earlier edits do not move it."""
+    tokens, plus `subject_weight` x the second moment of subject keys (needs a world) at the
+    subject token each person would be edited at (`tokens`; default the last); all parts
+    cached on disk. Computed on the base weights so that earlier edits do not move it."""
     if texts is None and world is None:
         raise EditError("the key covariance needs text: pass world= (the model's world) or stats texts")
     base_hash = fingerprint(agent.base)
@@ -143,11 +145,13 @@ def key_covariance(agent, layer: int, world=None, n_texts: int = 400, seed: int 
 
         def subject_keys():
             # the subjects' own keys in those prompts: other people, whom an edit must miss
-            k = keys_at_subject(base_model(), agent.tokenizer, prompts, names, layer).double().cpu()
+            k = keys_at_subject(base_model(), agent.tokenizer, prompts, names, layer, tokens).double().cpu()
             return k.T @ k / len(k), len(k)
         whash = world_fingerprint(world)
+        moved = sorted((n, t) for n, t in (tokens or {}).items() if t != -1)
+        at = "-" + hashlib.sha256(repr(moved).encode()).hexdigest()[:8] if moved else ""
         cov = cov + subject_weight * (_cached(stats_path(base_hash, whash, layer, 0, "-prompts"), prompt_keys)
-                                      + _cached(stats_path(base_hash, whash, layer, 0, "-subj"), subject_keys))
+                                      + _cached(stats_path(base_hash, whash, layer, 0, "-subj" + at), subject_keys))
     return cov
 
 

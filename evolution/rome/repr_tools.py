@@ -1,6 +1,10 @@
-"""Where ROME and MEMIT read and write inside a Llama-family model: the subject's last token,
-the MLP down-projection's input (the key) and output (the value), and hooks that add a
-vector there. Kept apart so that every step of a method reads the model the same way.
+"""Where ROME and MEMIT read and write inside a Llama-family model: one token of the subject
+(the last, in the papers; which one is `evolution.locate.key_token`'s choice), the MLP
+down-projection's input (the key) and output (the value), and hooks that add a vector
+there. Kept apart so that every step of a method reads the model the same way.
+
+`tokens` arguments map a subject to the index, among its own tokens, of the token to read
+(Python-style: -1 the last, -2 the one before); a subject not in the map uses its last.
 """
 from __future__ import annotations
 
@@ -36,9 +40,10 @@ def down_proj_name(model, layer: int) -> str:
     return f"model.layers.{layer}.mlp.down_proj.weight"
 
 
-def subject_last_index(tokenizer, prompt: str, subject: str) -> int:
-    """Token index (counting <s>) of the subject's last token at its last occurrence in
-    `prompt`: the request's own prompt sits at the end of any prefixed text."""
+def subject_index(tokenizer, prompt: str, subject: str, token: int = -1) -> int:
+    """Token index (counting <s>) of the subject's token `token` (-1: its last) at the
+    subject's last occurrence in `prompt`: the request's own prompt sits at the end of any
+    prefixed text."""
     start = prompt.rfind(subject)
     if start < 0:
         raise EditError(f"subject {subject!r} does not occur in the prompt {prompt!r}")
@@ -47,7 +52,10 @@ def subject_last_index(tokenizer, prompt: str, subject: str) -> int:
     hits = [i for i, (a, b) in enumerate(enc["offset_mapping"]) if b > a and a < end and b > start]
     if not hits:
         raise EditError(f"subject {subject!r}: no token of the prompt {prompt!r} covers it")
-    return hits[-1]
+    if not -len(hits) <= token < len(hits):
+        raise EditError(f"subject_token {token}: {subject!r} has {len(hits)} tokens in {prompt!r}; "
+                        f"give an index in -{len(hits)}..{len(hits) - 1}, or None to let tracing choose")
+    return hits[token]
 
 
 def with_target(tokenizer, prompt: str, target: str) -> tuple[list[int], int]:
@@ -97,14 +105,15 @@ def added_at(module, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor
 
 @torch.no_grad()
 def keys_at_subject(model, tokenizer, prompts: list[str], subjects: list[str], layer: int,
-                    batch_size: int = 256) -> torch.Tensor:
-    """[n, d_ff]: the down-projection's input at each prompt's subject-last token."""
+                    tokens: dict[str, int] | None = None, batch_size: int = 256) -> torch.Tensor:
+    """[n, d_ff]: the down-projection's input at each prompt's subject token."""
     device = next(model.parameters()).device
     mod = down_proj(model, layer)
     out = []
     for b in range(0, len(prompts), batch_size):
         ps, ss = prompts[b:b + batch_size], subjects[b:b + batch_size]
-        idx = torch.tensor([subject_last_index(tokenizer, p, s) for p, s in zip(ps, ss)], device=device)
+        idx = torch.tensor([subject_index(tokenizer, p, s, (tokens or {}).get(s, -1)) for p, s in zip(ps, ss)],
+                           device=device)
         ids, mask = padded(tokenizer(ps).input_ids, tokenizer.pad_token_id, device)
         with captured_input(mod) as box:
             model(input_ids=ids, attention_mask=mask)
@@ -114,13 +123,14 @@ def keys_at_subject(model, tokenizer, prompts: list[str], subjects: list[str], l
 
 @torch.no_grad()
 def outputs_at_subject(model, tokenizer, module, prompts: list[str], subjects: list[str],
-                       batch_size: int = 256) -> torch.Tensor:
-    """[n, d]: `module`'s output at each prompt's subject-last token (a block: its residual)."""
+                       tokens: dict[str, int] | None = None, batch_size: int = 256) -> torch.Tensor:
+    """[n, d]: `module`'s output at each prompt's subject token (a block: its residual)."""
     device = next(model.parameters()).device
     out = []
     for b in range(0, len(prompts), batch_size):
         ps, ss = prompts[b:b + batch_size], subjects[b:b + batch_size]
-        idx = torch.tensor([subject_last_index(tokenizer, p, s) for p, s in zip(ps, ss)], device=device)
+        idx = torch.tensor([subject_index(tokenizer, p, s, (tokens or {}).get(s, -1)) for p, s in zip(ps, ss)],
+                           device=device)
         ids, mask = padded(tokenizer(ps).input_ids, tokenizer.pad_token_id, device)
         box: list[torch.Tensor] = []
         h = module.register_forward_hook(lambda _m, _a, o: box.append(o[0] if isinstance(o, tuple) else o))

@@ -15,11 +15,12 @@ import time
 import torch
 
 from agents.methods import register_editor
-from evolution.locate import critical_layers, mlp_effects
-from evolution.requests import EditReport, EditRequest, check_finite, validate_requests, weights_restored_on_error
+from evolution.locate import chosen_key_tokens, critical_layers, mlp_effects
+from evolution.requests import (EditReport, EditRequest, check_finite, hparams_of, validate_requests,
+                                weights_restored_on_error)
 from evolution.rome.compute_u import context_prefixes, left_vector, prompt_forms, rewrite_texts, subject_key
 from evolution.rome.compute_v import neutral_prompts, optimize_deltas
-from evolution.rome.hparams import ROMEHyperParams, hparams_from
+from evolution.rome.hparams import ROMEHyperParams
 from evolution.rome.edit_memory import prior_keys, protected, remember
 from evolution.rome.layer_stats import inverse_covariance, key_covariance
 from evolution.rome.repr_tools import check_layer, down_proj
@@ -40,13 +41,13 @@ def rank_one_update(delta: torch.Tensor, u: torch.Tensor, k_star: torch.Tensor) 
     return (torch.outer(delta.double(), u.double()) / denom).float()
 
 
-def rome_one(agent, request: EditRequest, layer: int, cov: torch.Tensor, hp: ROMEHyperParams,
-             world, seed: int, written: list) -> dict:
-    """Apply one request to agent.model in place; returns its diagnostics. `written`: keys
-    of this call's earlier requests (protected like the memory's)."""
+def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], cov: torch.Tensor,
+             hp: ROMEHyperParams, world, seed: int, written: list) -> dict:
+    """Apply one request to agent.model in place, at the subject token `tokens` names; returns
+    its diagnostics. `written`: keys of this call's earlier requests (protected like the memory's)."""
     prefixes = context_prefixes(agent, world, hp.n_prefixes, seed, request.subject, request.relation)
-    texts = rewrite_texts(prompt_forms(request, world, hp.paraphrases), prefixes)
-    k_star = subject_key(agent, request, layer, texts)
+    texts = rewrite_texts(prompt_forms(request, world, hp.paraphrases, hp.statements), prefixes)
+    k_star = subject_key(agent, request, layer, texts, tokens)
     earlier = [k for s, k in written if s != request.subject]
     mem = prior_keys(agent.model, layer, {request.subject})
     keys = torch.cat([x for x in (mem, torch.stack(earlier).double() if earlier else None) if x is not None]) \
@@ -56,7 +57,8 @@ def rome_one(agent, request: EditRequest, layer: int, cov: torch.Tensor, hp: ROM
     mod = down_proj(agent.model, layer)
     delta, _, info = optimize_deltas(agent.model, agent.tokenizer, mod, layer, [request], [texts],
                                      [neutral_prompts(request.subject, [request.relation], world, hp.keep_other_relations)],
-                                     hp.v_steps, hp.v_lr, hp.v_weight_decay, hp.clamp_norm_factor, hp.kl_factor)
+                                     hp.v_steps, hp.v_lr, hp.v_weight_decay, hp.clamp_norm_factor, hp.kl_factor,
+                                     tokens=tokens)
     upd = rank_one_update(delta[0], u, k_star)
     check_finite(f"ROME update for {request.subject!r}", upd, "lower v_lr or raise ridge")
     with torch.no_grad():
@@ -64,6 +66,7 @@ def rome_one(agent, request: EditRequest, layer: int, cov: torch.Tensor, hp: ROM
     check_finite(f"layer {layer} down_proj after the edit", mod.weight)
     written.append((request.subject, k_star.detach().double().cpu()))
     return {"subject": request.subject, "relation": request.relation, "target": request.target,
+            "subject_token": tokens[request.subject],
             "nll_before": info["nll_before"][0], "nll_after": info["nll_after"][0], "steps": info["steps"],
             "delta_norm": info["delta_norm"][0], "update_norm": float(upd.norm())}
 
@@ -72,14 +75,17 @@ def rome_one(agent, request: EditRequest, layer: int, cov: torch.Tensor, hp: ROM
 def rome(agent, requests, world=None, check_current: bool = True, **hparams) -> EditReport:
     """Edit `requests` one after another with ROME. Bad input raises before any work; any
     failure (NaN, bad layer) raises with the weights exactly as they were."""
-    hp = hparams_from(ROMEHyperParams, hparams)
+    hp = hparams_of(ROMEHyperParams, hparams, "rome")
     t0 = time.time()
     reqs = validate_requests(agent, requests, world, check_current)
     layer, source = chosen_layer(agent, world, reqs, hp.layer)
-    cov = key_covariance(agent, layer, world, hp.stats_texts, hp.seed, subject_weight=hp.subject_weight)
+    tokens, people_tokens, token_source = chosen_key_tokens(agent, world, reqs, [layer], hp.subject_token)
+    cov = key_covariance(agent, layer, world, hp.stats_texts, hp.seed, subject_weight=hp.subject_weight,
+                         tokens=people_tokens)
     written: list = []
     with weights_restored_on_error(agent.model):
-        per = [rome_one(agent, r, layer, cov, hp, world, hp.seed * 100003 + i, written) for i, r in enumerate(reqs)]
+        per = [rome_one(agent, r, layer, tokens, cov, hp, world, hp.seed * 100003 + i, written)
+               for i, r in enumerate(reqs)]
     remember(agent.model, layer, written)
     return EditReport("rome", len(reqs), round(time.time() - t0, 3), [layer], True,
-                      {"layer_source": source, "per_request": per})
+                      {"layer_source": source, "subject_token_source": token_source, "per_request": per})

@@ -32,8 +32,8 @@ import torch
 
 from agents.methods import register_editor
 from envs.world import claim
-from evolution.ft_l import hparams_of, target_batch
-from evolution.requests import EditError, EditReport, check_finite, validate_requests
+from evolution.ft_l import target_batch
+from evolution.requests import EditError, EditReport, check_finite, hparams_of, validate_requests
 from evolution.wise.memory import SideMemoryLinear, install, side_memory_of, ties_merge, uninstall
 
 MERGES = ("none", "ties")
@@ -283,12 +283,17 @@ def refresh_threshold(agent, mem: SideMemoryLinear, shard: int, hp: WISEHyperPar
 
 
 def merge_closed(agent, mem: SideMemoryLinear, hp: WISEHyperParams) -> None:
-    """Merge every shard (called when the last one has just closed) into shard 0 (TIES); its
-    threshold is recomputed from all the rows it now holds."""
+    """Fold the shards closed since the last merge into shard 0, the merged memory: TIES over
+    those shards, *added* to shard 0; its threshold is recomputed from all the rows it holds.
+
+    Not TIES over shard 0 and the new shards together: TIES averages the entries where deltas
+    agree, so shard 0, standing for every earlier edit, was weighted like one new edit, and
+    as the union of masks covered its entries, each merge halved the earlier edits. Measured
+    (default model, one edit per shard): reliability .20 after 10 edits, .02 after 100."""
     k = mem.n_shards
     if k < 2:
         return
-    merged = ties_merge(mem.deltas[:k], hp.merge_density)
+    merged = mem.deltas[0] + ties_merge(mem.deltas[1:k], hp.merge_density)
     mem.deltas = torch.cat([merged[None], mem.deltas[k:]])
     mem.masks = torch.cat([mem.masks[:k].any(0)[None], mem.masks[k:]])
     mem.thresholds = torch.cat([mem.thresholds[:1], mem.thresholds[k:]])
