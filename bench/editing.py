@@ -3,6 +3,7 @@
     python -m bench.editing single     [--n 100]   [--methods rome,memit,ft_l,wise,finetune]
     python -m bench.editing sequential [--n 1000]  [--checkpoints 10,100,1000] [--methods ...]
     python -m bench.editing batch      [--n 1000]  (MEMIT, every edit in one call)
+    python -m bench.editing neighbours [--n 100]   [--methods rome,rome:subject_token=-3,...]
     python -m bench.editing report                 (tables + plot from what is stored)
 
 A method may carry hyperparameters: `--methods wise:shard_size=10:merge=ties`.
@@ -16,6 +17,10 @@ every checkpoint). Rows are stored in docs/bench_data/editing.json as they are m
 an interrupted run resumes where it stopped (`--fresh` starts over). Every number comes from
 belief records (analysis.edit_metrics); a method that raises on an edit counts it as
 failed (the editors leave the weights as they were) and goes on.
+
+neighbours: the single edits again, scored on the people who share the edited person's first
+name (the same relation's question): locality samples random people and so almost never
+meets them, yet they are whom an edit keyed on the first name token would hit.
 """
 from __future__ import annotations
 
@@ -122,6 +127,35 @@ def run_single(base: Agent, world: World, n: int, methods) -> None:
         print(row, flush=True)
 
 
+def run_neighbours(base: Agent, world: World, n: int, methods) -> None:
+    reqs = [r for r in counterfactual_requests(world, n, seed=0) if first_name_neighbours(world, r.subject)]
+    for method in methods:
+        if done("neighbours", method, n):
+            print(f"neighbours/{method}: stored, skipped")
+            continue
+        kept = hit = hit_before = total = fails = 0
+        for i, r in enumerate(reqs):
+            queries = [world.query(p, r.relation, "question") for p in first_name_neighbours(world, r.subject)]
+            before = [b.answer for b in base.beliefs(queries)]
+            agent = base.spawn(f"{method}-{i}")
+            fails += apply_edit(agent, world, [r], method)["failed"]
+            after = [b.answer for b in agent.beliefs(queries)]
+            total += len(after)
+            kept += sum(x == y for x, y in zip(before, after))
+            hit += sum(y == r.target for y in after)
+            hit_before += sum(x == r.target for x in before)
+        row = {"experiment": "neighbours", "method": method, "edits": n, "failed": fails, "edited people": len(reqs),
+               "neighbour facts": total, "kept": kept / total, "the target before": hit_before / total,
+               "now the target": hit / total}
+        save_row(row)
+        print(row, flush=True)
+
+
+def first_name_neighbours(world: World, subject: str) -> list[str]:
+    first = subject.split()[0]
+    return [p.name for p in world.people if p.taught and p.name != subject and p.name.split()[0] == first]
+
+
 def sequential_requests(base: Agent, world: World, n: int):
     """n distinct facts of the people outside the locality probe (seeded), each target
     something the base model does not answer now."""
@@ -225,6 +259,14 @@ def report() -> None:
                      "\n\n`stopped: time budget`: the method ran out of its `--max-minutes` there; the row is "
                      "measured where it stopped and later checkpoints were not reached." +
                      f"\n\n![sequential editing]({PLOT.relative_to(DOC.parent)})")
+    nb = rows[rows.experiment == "neighbours"]
+    if not nb.empty:
+        parts.append("### Locality on first-name neighbours (the single edits' people who share a first name)\n\n" +
+                     md_table(nb.set_index("method")[["edits", "failed", "edited people", "neighbour facts", "kept",
+                                                      "the target before", "now the target", "measured"]]) +
+                     "\n\nkept = the neighbour's answer on the edited relation is what the unedited model said; "
+                     "now the target = it is the edit's target. `rome` edits the token tracing picks "
+                     "(`evolution.locate.key_tokens`); `subject_token=-3` is the first name, -1 the last.")
     batch = rows[rows.experiment == "batch"]
     if not batch.empty:
         parts.append("### MEMIT, all edits in one batch\n\n" +
@@ -235,7 +277,7 @@ def report() -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("experiment", choices=("single", "sequential", "batch", "report"))
+    ap.add_argument("experiment", choices=("single", "sequential", "batch", "neighbours", "report"))
     ap.add_argument("--n", type=int, default=None, help="edits (single: 100, sequential/batch: 1000)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--checkpoints", default="10,100,1000")
@@ -251,6 +293,8 @@ def main() -> None:
         base, world = default_model()
         if args.experiment == "single":
             run_single(base, world, args.n or 100, methods)
+        elif args.experiment == "neighbours":
+            run_neighbours(base, world, args.n or 100, methods)
         elif args.experiment == "sequential":
             cps = sorted(int(c) for c in args.checkpoints.split(","))
             run_sequential(base, world, args.n or max(cps), cps, methods, args.max_minutes)
