@@ -128,14 +128,15 @@ def run_single(base: Agent, world: World, n: int, methods) -> None:
 
 
 def run_neighbours(base: Agent, world: World, n: int, methods) -> None:
-    reqs = [r for r in counterfactual_requests(world, n, seed=0) if first_name_neighbours(world, r.subject)]
+    cases = [(r, nb) for r in counterfactual_requests(world, n, seed=0)
+             if (nb := first_name_neighbours(world, r.subject))]
     for method in methods:
         if done("neighbours", method, n):
             print(f"neighbours/{method}: stored, skipped")
             continue
         kept = hit = hit_before = total = fails = 0
-        for i, r in enumerate(reqs):
-            queries = [world.query(p, r.relation, "question") for p in first_name_neighbours(world, r.subject)]
+        for i, (r, neighbours) in enumerate(cases):
+            queries = [world.query(p, r.relation, "question") for p in neighbours]
             before = [b.answer for b in base.beliefs(queries)]
             agent = base.spawn(f"{method}-{i}")
             fails += apply_edit(agent, world, [r], method)["failed"]
@@ -144,7 +145,7 @@ def run_neighbours(base: Agent, world: World, n: int, methods) -> None:
             kept += sum(x == y for x, y in zip(before, after))
             hit += sum(y == r.target for y in after)
             hit_before += sum(x == r.target for x in before)
-        row = {"experiment": "neighbours", "method": method, "edits": n, "failed": fails, "edited people": len(reqs),
+        row = {"experiment": "neighbours", "method": method, "edits": n, "failed": fails, "edited people": len(cases),
                "neighbour facts": total, "kept": kept / total, "the target before": hit_before / total,
                "now the target": hit / total}
         save_row(row)

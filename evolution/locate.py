@@ -51,18 +51,19 @@ def trace_case(tokenizer, subject: str, relation: str, prompt: str, answer: str)
     return TraceCase(subject, relation, prompt, enc["input_ids"], span[0], span[-1] + 1, ans)
 
 
+def subject_position(i: int, n: int) -> str:
+    """The category of the i-th of a subject's n tokens (a one-token subject's is its last)."""
+    return "last subject token" if i == n - 1 else "first subject token" if i == 0 else "middle subject tokens"
+
+
 def position_category(case: TraceCase, t: int) -> str | None:
     last = len(case.ids) - 1
     if t == last:
         return "last token"
     if t < case.subj_start:
         return None  # upstream of the corruption: restoring it changes nothing
-    if t == case.subj_end - 1:
-        return "last subject token"
-    if t == case.subj_start:
-        return "first subject token"
     if t < case.subj_end:
-        return "middle subject tokens"
+        return subject_position(t - case.subj_start, case.subj_end - case.subj_start)
     return "first subsequent token" if t == case.subj_end else "further tokens"
 
 
@@ -212,7 +213,7 @@ def mlp_effects(agent, world=None, requests=None, n_facts: int = 16, seed: int =
 
 
 _TOKEN_CACHE: dict[tuple, dict[str, float]] = {}
-SUBJECT_POSITIONS = ("first subject token", "middle subject tokens", "last subject token")
+SUBJECT_POSITIONS = POSITIONS[:3]
 
 
 def subject_token_effects(agent, world, layers=(0,), n_facts: int = 16, seed: int = 0) -> dict[str, float]:
@@ -246,14 +247,11 @@ def key_tokens(tokenizer, subjects, effects: dict[str, float], names=()) -> dict
     for t in [ids[n] for n in names] + [ids[s] for s in set(subjects) - set(names)]:
         for i in range(1, len(t) + 1):
             starts[t[:i]] = starts.get(t[:i], 0) + 1
-
-    def position(i: int, n: int) -> str:
-        return SUBJECT_POSITIONS[2] if i == n - 1 else SUBJECT_POSITIONS[0] if i == 0 else SUBJECT_POSITIONS[1]
     out = {}
     for s in subjects:
         t = ids[s]
         ok = [i for i in range(len(t)) if i == len(t) - 1 or (names and starts[t[:i + 1]] == 1)]
-        best = max(ok, key=lambda i: (effects.get(position(i, len(t)), 0.0), i))
+        best = max(ok, key=lambda i: (effects.get(subject_position(i, len(t)), 0.0), i))
         out[s] = best - len(t)
     return out
 

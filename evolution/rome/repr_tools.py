@@ -1,5 +1,5 @@
 """Where ROME and MEMIT read and write inside a Llama-family model: one token of the subject
-(the last, in the papers; which one is `evolution.locate.key_token`'s choice), the MLP
+(the last, in the papers; which one is `evolution.locate.key_tokens`' choice), the MLP
 down-projection's input (the key) and output (the value), and hooks that add a vector
 there. Kept apart so that every step of a method reads the model the same way.
 
