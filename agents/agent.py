@@ -32,6 +32,9 @@ class Agent:
         # The base weights this agent started from; its delta is measured against them.
         # Agents made with `spawn` share one base dict (no copy per agent).
         self.base = base if base is not None else {k: v.detach().clone() for k, v in model.state_dict().items()}
+        # Method-owned state beside the weights (ROME/MEMIT's edit memory...), saved and
+        # loaded with the agent (agents/state.py); a spawned agent starts with none.
+        self.state: dict = {}
 
     # -- construction ---------------------------------------------------------------------
     @classmethod

@@ -1,19 +1,34 @@
 """Score closed-set answers: log P(candidate | prompt), summed over the candidate's tokens.
 
-Every (prompt, candidate) pair becomes one sequence; sequences are sorted by length and
-run in padded batches; only the log-probs at candidate positions are gathered, so the cost
-stays at the bare batched forward (bench/beliefs_throughput.py measures the gap).
+Two layouts of the same numbers:
+- packed (the default): one row per prompt, the prompt once and then every candidate's
+  tokens but its last, each candidate a segment that sees the prompt and itself only (a
+  block attention mask) at the positions it would have after the prompt. A prompt is thus
+  computed once instead of once per candidate (~30 candidates per query on the default
+  world); the first token of every candidate is scored from the prompt's last position.
+- pairs: one sequence per (prompt, candidate), what vLLM is given (`pair_sequences`).
+Log-probs of the two agree to ~1e-6 (tests/test_agent.py). Identical (prompt, candidates)
+asks in one call are scored once. Rows are sorted by length and run in padded batches;
+only the log-probs at candidate positions are gathered.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Callable
+
 import torch
+
+
+def candidate_token_ids(tokenizer, candidates: list[tuple[str, ...]]) -> dict[str, list[int]]:
+    """Each distinct candidate's tokens as it follows a prompt (with its leading space)."""
+    uniq = sorted({c for cs in candidates for c in cs})
+    return dict(zip(uniq, tokenizer([" " + c for c in uniq], add_special_tokens=False).input_ids))
 
 
 def pair_sequences(tokenizer, prompts: list[str], candidates: list[tuple[str, ...]]):
     """Token ids of every prompt+candidate pair and where each candidate starts."""
     p_ids = tokenizer(prompts, add_special_tokens=True).input_ids
-    uniq = sorted({c for cs in candidates for c in cs})
-    c_ids = dict(zip(uniq, tokenizer([" " + c for c in uniq], add_special_tokens=False).input_ids))
+    c_ids = candidate_token_ids(tokenizer, candidates)
     seqs, starts, owner = [], [], []
     for i, (p, cs) in enumerate(zip(p_ids, candidates)):
         for c in cs:
@@ -23,6 +38,122 @@ def pair_sequences(tokenizer, prompts: list[str], candidates: list[tuple[str, ..
     return seqs, starts, owner
 
 
+@dataclass
+class PackedRow:
+    """One prompt and its candidates in one sequence. `targets[j]` lists (column whose logits
+    predict the token, token) for candidate j."""
+    tokens: list[int]
+    positions: list[int]
+    segments: list[int]          # -1: the prompt; j: candidate j's tokens
+    targets: list[list[tuple[int, int]]]
+
+
+def packed_row(prompt: list[int], cands: list[list[int]]) -> PackedRow:
+    n = len(prompt)
+    tokens, positions, segments = list(prompt), list(range(n)), [-1] * n
+    targets = []
+    for j, c in enumerate(cands):
+        if not c:
+            raise ValueError(f"candidate {j} has no tokens; every candidate needs at least one")
+        cols = [n - 1]                       # the first token is predicted by the prompt's end
+        for i, tok in enumerate(c[:-1]):     # each later token by the one before it, in segment j
+            cols.append(len(tokens))
+            tokens.append(tok)
+            positions.append(n + i)
+            segments.append(j)
+        targets.append(list(zip(cols, c)))
+    return PackedRow(tokens, positions, segments, targets)
+
+
+def packed_rows(tokenizer, prompts: list[str], candidates: list[tuple[str, ...]]) -> list[PackedRow]:
+    p_ids = tokenizer(prompts, add_special_tokens=True).input_ids
+    c_ids = candidate_token_ids(tokenizer, candidates)
+    return [packed_row(p, [c_ids[c] for c in cs]) for p, cs in zip(p_ids, candidates)]
+
+
+def block_mask(rows: list[PackedRow], width: int, float_mask: torch.dtype | None = None) -> torch.Tensor:
+    """[b, 1, width, width] attention mask: causal, and a candidate's token sees the prompt and
+    its own segment only. Boolean (True = attend), or additive in `float_mask`'s dtype (for
+    eager attention). A padded query attends to column 0 so no row of the softmax is empty."""
+    b = len(rows)
+    seg = torch.full((b, width), -2, dtype=torch.long)
+    for r, row in enumerate(rows):
+        seg[r, :len(row.segments)] = torch.tensor(row.segments)
+    causal = torch.ones(width, width, dtype=torch.bool).tril()
+    q, k = seg[:, :, None], seg[:, None, :]
+    allowed = causal & (k != -2) & (q != -2) & ((k == -1) | (k == q))
+    allowed[:, :, 0] |= (seg == -2)
+    allowed = allowed[:, None]
+    if float_mask is None:
+        return allowed
+    out = torch.zeros(allowed.shape, dtype=float_mask)
+    return out.masked_fill_(~allowed, torch.finfo(float_mask).min)
+
+
+def _mask_dtype(model) -> torch.dtype | None:
+    """None (boolean mask) for SDPA/flex attention; the model's dtype for eager attention."""
+    impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
+    return None if impl in ("sdpa", "flash_attention_2", "flex_attention") else next(model.parameters()).dtype
+
+
+def score_packed(forward: Callable, rows: list[PackedRow], pad_id: int, batch_size: int,
+                 float_mask: torch.dtype | None, device) -> list[torch.Tensor]:
+    """Per row, a tensor of summed candidate log-probs. `forward(idx, input_ids, position_ids,
+    attention_mask)` returns logits; `idx` are the rows of the batch (a population placement
+    uses it to give each row its agent's delta)."""
+    out: list[torch.Tensor | None] = [None] * len(rows)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i].tokens))
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        batch = [rows[i] for i in idx]
+        width = len(batch[-1].tokens)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        pos = torch.zeros((len(idx), width), dtype=torch.long)
+        for r, row in enumerate(batch):
+            ids[r, :len(row.tokens)] = torch.tensor(row.tokens)
+            pos[r, :len(row.positions)] = torch.tensor(row.positions)
+        mask = block_mask(batch, width, float_mask)
+        logits = forward(idx, ids.to(device), pos.to(device), mask.to(device))
+        r_, c_, t_, owner = [], [], [], []
+        k = 0
+        for r, row in enumerate(batch):
+            for tgt in row.targets:
+                for col, tok in tgt:
+                    r_.append(r)
+                    c_.append(col)
+                    t_.append(tok)
+                    owner.append(k)
+                k += 1
+        picked = logits[torch.tensor(r_, device=device), torch.tensor(c_, device=device)].float()
+        lp = picked.gather(1, torch.tensor(t_, device=device)[:, None])[:, 0] - picked.logsumexp(-1)
+        sums = torch.zeros(k, device=device).index_add_(0, torch.tensor(owner, device=device), lp).cpu()
+        k = 0
+        for i, row in zip(idx, batch):
+            out[i] = sums[k:k + len(row.targets)]
+            k += len(row.targets)
+    return out
+
+
+def unique_asks(prompts: list[str], candidates: list[tuple[str, ...]]):
+    """(distinct (prompt, candidates) pairs, index of each ask's pair)."""
+    seen: dict[tuple, int] = {}
+    where = [seen.setdefault((p, tuple(cs)), len(seen)) for p, cs in zip(prompts, candidates)]
+    return list(seen), where
+
+
+@torch.inference_mode()
+def candidate_logprobs(model, tokenizer, prompts: list[str], candidates: list[tuple[str, ...]],
+                       batch_size: int = 128) -> list[torch.Tensor]:
+    """For each prompt, a tensor of summed log-probs, one per candidate, in order."""
+    uniq, where = unique_asks(prompts, candidates)
+    rows = packed_rows(tokenizer, [p for p, _ in uniq], [cs for _, cs in uniq])
+    device = next(model.parameters()).device
+    fwd = lambda idx, ids, pos, mask: model(input_ids=ids, position_ids=pos, attention_mask=mask).logits
+    scores = score_packed(fwd, rows, tokenizer.pad_token_id, batch_size, _mask_dtype(model), device)
+    return [scores[w] for w in where]
+
+
+# -- the pair layout (vLLM's input, and the reference the packed layout is tested against) --------
 def padded_batches(seqs: list[list[int]], batch_size: int, pad_id: int):
     """Yields (indices, input_ids, attention_mask) with sequences grouped by length."""
     order = sorted(range(len(seqs)), key=lambda i: len(seqs[i]))
@@ -38,12 +169,14 @@ def padded_batches(seqs: list[list[int]], batch_size: int, pad_id: int):
 
 
 @torch.inference_mode()
-def sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad_id: int,
-                      batch_size: int = 128) -> torch.Tensor:
-    """Sum of log P(token) over positions >= start of each sequence."""
+def pair_logprobs(model, tokenizer, prompts: list[str], candidates: list[tuple[str, ...]],
+                  batch_size: int = 128) -> list[torch.Tensor]:
+    """`candidate_logprobs` with one sequence per (prompt, candidate): every prompt recomputed
+    per candidate."""
+    seqs, starts, _ = pair_sequences(tokenizer, prompts, candidates)
     device = next(model.parameters()).device
-    out = torch.empty(len(seqs), dtype=torch.float32)
-    for idx, ids, mask in padded_batches(seqs, batch_size, pad_id):
+    flat = torch.empty(len(seqs), dtype=torch.float32)
+    for idx, ids, mask in padded_batches(seqs, batch_size, tokenizer.pad_token_id):
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         rows, cols, toks = [], [], []
         for r, i in enumerate(idx):
@@ -55,15 +188,7 @@ def sequence_logprobs(model, seqs: list[list[int]], starts: list[int], pad_id: i
         picked = logits[rows_t, torch.tensor(cols, device=device)].float()
         lp = picked.gather(1, torch.tensor(toks, device=device)[:, None])[:, 0] - picked.logsumexp(-1)
         sums = torch.zeros(len(idx), device=device).index_add_(0, rows_t, lp)
-        out[torch.tensor(idx)] = sums.cpu()
-    return out
-
-
-def candidate_logprobs(model, tokenizer, prompts: list[str], candidates: list[tuple[str, ...]],
-                       batch_size: int = 128) -> list[torch.Tensor]:
-    """For each prompt, a tensor of summed log-probs, one per candidate, in order."""
-    seqs, starts, owner = pair_sequences(tokenizer, prompts, candidates)
-    flat = sequence_logprobs(model, seqs, starts, tokenizer.pad_token_id, batch_size)
+        flat[torch.tensor(idx)] = sums.cpu()
     out, k = [], 0
     for cs in candidates:
         out.append(flat[k:k + len(cs)])

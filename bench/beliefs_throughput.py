@@ -1,5 +1,7 @@
-"""beliefs() throughput: batched vs one query at a time vs the ceiling of a bare batched
-forward of the same model over the same (prompt, candidate) sequences, in one run.
+"""beliefs() throughput: prompt sharing (one packed row per prompt, its candidates after it
+under a block mask) against one sequence per (prompt, candidate), for queries alone and
+with three peers' claims in context (every protocol round after 0); each against the bare
+batched forward of its own sequences (the ceiling), and one query at a time. One run.
 
     python -m bench.beliefs_throughput [--queries 400] [--single 60] [--people 300]
 """
@@ -15,18 +17,13 @@ import torch
 from agents.agent import Agent
 from agents.pretrain import PretrainConfig, pretrained_dir
 from agents.records import prompts_with_context
-from agents.scoring import padded_batches, pair_sequences
+from agents.scoring import (_mask_dtype, candidate_logprobs, packed_rows, padded_batches, pair_logprobs,
+                            pair_sequences, score_packed)
 from bench.common import md_table, write_section
-from envs.world import World
+from envs.world import World, claim
 
 
-def bare_forward(model, seqs, pad_id, batch_size, device):
-    with torch.inference_mode():
-        for _, ids, mask in padded_batches(seqs, batch_size, pad_id):
-            model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.sum().item()
-
-
-def timed(fn, repeat=2):
+def timed(fn, repeat=3):
     best = float("inf")
     for _ in range(repeat):
         t = time.perf_counter()
@@ -35,38 +32,69 @@ def timed(fn, repeat=2):
     return best
 
 
+def peer_context(world, queries, seed=0):
+    rng = random.Random(seed)
+    return [" ".join(claim(world.relations[q.relation], q.subject, rng.choice(q.candidates), f"agent {k}")
+                     for k in range(3)) for q in queries]
+
+
+@torch.inference_mode()
+def bare_pairs(model, seqs, pad_id, bs, device):
+    for _, ids, mask in padded_batches(seqs, bs, pad_id):
+        model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.sum().item()
+
+
+@torch.inference_mode()
+def bare_packed(model, rows, pad_id, bs, device):
+    fwd = lambda idx, ids, pos, mask: model(input_ids=ids, position_ids=pos, attention_mask=mask).logits
+    score_packed(fwd, rows, pad_id, bs, _mask_dtype(model), device)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--single", type=int, default=60, help="queries timed one at a time")
     ap.add_argument("--people", type=int, default=300)
-    ap.add_argument("--batch-sizes", default="32,128,512")
+    ap.add_argument("--batch", type=int, default=128)
     args = ap.parse_args()
     path = pretrained_dir(PretrainConfig(people=args.people))
     world = World.load(path / "world.json")
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    agent = Agent.from_dir(path, device=device, batch_size=args.batch)
+    model, tok, bs = agent.model, agent.tokenizer, args.batch
+    queries = random.Random(0).sample(world.queries(), args.queries)
     rows = []
-    for device in devices:
-        agent = Agent.from_dir(path, device=device)
-        queries = random.Random(0).sample(world.queries(), args.queries)
-        _, prompts = prompts_with_context(queries, None)
-        seqs, _, _ = pair_sequences(agent.tokenizer, prompts, [q.candidates for q in queries])
-        agent.beliefs(queries[:20])  # warm-up
-        t_single = timed(lambda: [agent.beliefs([q]) for q in queries[:args.single]], 1) / args.single
-        for bs in map(int, args.batch_sizes.split(",")):
-            agent.batch_size = bs
-            t_b = timed(lambda: agent.beliefs(queries))
-            t_c = timed(lambda: bare_forward(agent.model, seqs, agent.tokenizer.pad_token_id, bs, device))
-            rows.append({"device": device, "batch": bs, "queries": len(queries), "sequences": len(seqs),
-                         "batched q/s": len(queries) / t_b, "one-at-a-time q/s": 1 / t_single,
-                         "bare forward q/s (ceiling)": len(queries) / t_c,
-                         "ceiling / batched": t_b / t_c, "batched / one-at-a-time": t_single * len(queries) / t_b})
-    df = pd.DataFrame(rows).set_index(["device", "batch"])
-    print(df.round(2).to_string())
-    body = (md_table(df, ".2f") + "\n\nA query scores every candidate of its relation (one sequence per candidate); "
-            "`ceiling / batched` is the time of `beliefs()` over the time of a bare batched forward of the same "
-            "sequences in the same batches (target: within 2x).")
-    write_section("beliefs-throughput", "beliefs() throughput", body)
+    for label, context in [("alone", None), ("3 peers' claims", peer_context(world, queries))]:
+        _, prompts = prompts_with_context(queries, context)
+        cands = [q.candidates for q in queries]
+        seqs, _, _ = pair_sequences(tok, prompts, cands)
+        packed = packed_rows(tok, prompts, cands)
+        new = candidate_logprobs(model, tok, prompts, cands, bs)
+        old = pair_logprobs(model, tok, prompts, cands, bs)
+        err = max((a - b).abs().max().item() for a, b in zip(new, old))
+        t_old = timed(lambda: pair_logprobs(model, tok, prompts, cands, bs))
+        t_new = timed(lambda: candidate_logprobs(model, tok, prompts, cands, bs))
+        t_old_c = timed(lambda: bare_pairs(model, seqs, tok.pad_token_id, bs, device))
+        t_new_c = timed(lambda: bare_packed(model, packed, tok.pad_token_id, bs, device))
+        k = args.single
+        t_one = timed(lambda: [agent.beliefs([q], context=None if context is None else context[i])
+                               for i, q in enumerate(queries[:k])], 1) / k
+        rows.append({"queries": label, "tokens per query, pairs": sum(map(len, seqs)) / len(queries),
+                     "tokens per query, packed": sum(len(r.tokens) for r in packed) / len(queries),
+                     "pairs q/s": len(queries) / t_old, "packed q/s": len(queries) / t_new,
+                     "packed / pairs": t_old / t_new,
+                     "pairs: time / bare forward": t_old / t_old_c, "packed: time / bare forward": t_new / t_new_c,
+                     "one at a time q/s": 1 / t_one, "max |log-prob diff|": err})
+    df = pd.DataFrame(rows).set_index("queries")
+    print(df.to_string(float_format=lambda x: f"{x:.3g}"))
+    body = (md_table(df, ".3g") + f"\n\n{args.queries} queries of the default world ({args.people} people), batch "
+            f"{bs}, {device}. `pairs`: one sequence per (prompt, candidate), the prompt recomputed for each of a "
+            "query's ~30 candidates (the scoring before prompt sharing, still what vLLM is given); `packed`: one "
+            "row per prompt, each candidate's tokens after it under a block attention mask (agents/scoring.py, "
+            "what `beliefs` does now). Targets: packed >= 4x pairs with three peers' claims in context, >= 1.5x "
+            "alone; log-probs equal to 1e-5. `time / bare forward`: the scorer's time over a bare batched forward "
+            "of its own rows (the ceiling); `one at a time`: `beliefs([q])` per query.")
+    write_section("beliefs-throughput", "beliefs() throughput: prompt sharing", body)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from agents.agent import Agent
+from agents.delta import is_snapshot
+from agents.placement import Handle, Placement, PlacementError, make_placement
 from agents.pretrain import PretrainConfig, bio_text, pretrained_dir, sample_texts
 from envs.world import World
 from evolution.run_config import ConfigError, RunConfig, load, parse, people_pool, pretrain_config
@@ -71,31 +72,48 @@ def _model_pretrain(cfg: RunConfig, model_dir: Path) -> PretrainConfig:
     return PretrainConfig(**pre) if pre else PretrainConfig()
 
 
-def build_agents(cfg: RunConfig, model_dir: Path, world: World, queries, out: Path) -> list[Agent]:
+def agents_key(cfg: RunConfig) -> str:
+    """What makes a sweep point's agents: points that share it share the agents."""
+    return hashlib.sha256(json.dumps([cfg.seed, cfg.agents, cfg.personas, cfg.to_dict()["knowledge"],
+                                      cfg.to_dict()["queries"]], sort_keys=True).encode()).hexdigest()[:12]
+
+
+def build_agents(cfg: RunConfig, placement: Placement, model_dir: Path, world: World, queries, out: Path) -> list[Handle]:
+    """The point's agents on `placement`: spawned on the base, each fine-tuned on its own share
+    of the world; every learned agent is saved (its delta) as soon as it is made, and read
+    back instead of relearned when the run resumes."""
     names, personas = cfg.agent_names, assign_personas(cfg)
-    base = Agent.from_dir(model_dir, names[0], personas[0], cfg.device, batch_size=cfg.batch_size)
-    agents = [base] + [base.spawn(n, p) for n, p in zip(names[1:], personas[1:])]
     k = cfg.knowledge
-    if k.split == "none":
-        return agents
-    key = hashlib.sha256(json.dumps([cfg.seed, cfg.agents, cfg.personas, cfg.to_dict()["knowledge"],
-                                     cfg.to_dict()["queries"]], sort_keys=True).encode()).hexdigest()[:12]
-    pre = _model_pretrain(cfg, model_dir)
-    learned = []
-    for agent, mine in zip(agents, knowledge_shares(cfg, queries)):
-        saved = out / "agents" / key / agent.name.replace(" ", "_")
-        if not (saved / "model.safetensors").exists():
-            if mine:
-                texts = [bio_text(world, name, keyed_rng(cfg.seed, "bio", agent.name, name, i), pre)
-                         for name in mine for i in range(k.texts_per_person)]
-                texts += sample_texts(world, keyed_rng(cfg.seed, "replay", agent.name), pre, "mixed",
-                                      round(k.replay * len(texts)))
-                agent.learn(texts, "finetune", epochs=k.epochs, lr=k.lr,
-                            seed=keyed_rng(cfg.seed, "learn", agent.name).randrange(2**31))
-            agent.save(saved.with_name(saved.name + ".tmp"))
-            saved.with_name(saved.name + ".tmp").replace(saved)
-        learned.append(Agent.load(saved, cfg.device, batch_size=cfg.batch_size))
-    return learned
+    shares = knowledge_shares(cfg, queries) if k.split != "none" else [[] for _ in names]
+    pre = _model_pretrain(cfg, model_dir) if k.split != "none" else None
+    key = agents_key(cfg)
+    handles = []
+    for name, persona, mine in zip(names, personas, shares):
+        saved = out / "agents" / key / name.replace(" ", "_")
+        if mine and is_snapshot(saved):
+            handles.append(placement.load(saved, name))
+            continue
+        h = placement.spawn(name, persona)
+        if mine:
+            texts = [bio_text(world, who, keyed_rng(cfg.seed, "bio", name, who, i), pre)
+                     for who in mine for i in range(k.texts_per_person)]
+            texts += sample_texts(world, keyed_rng(cfg.seed, "replay", name), pre, "mixed",
+                                  round(k.replay * len(texts)))
+            h.learn(texts, "finetune", epochs=k.epochs, lr=k.lr,
+                    seed=keyed_rng(cfg.seed, "learn", name).randrange(2**31))
+            placement.save(name, saved)
+        handles.append(h)
+    return handles
+
+
+def placement_for(cfg: RunConfig, model_dir: Path) -> Placement:
+    p = cfg.placement
+    kw = dict(actors=p.actors, dedicated=p.dedicated, num_cpus=p.num_cpus, num_gpus=p.num_gpus) \
+        if p.kind == "ray" else {}
+    try:
+        return make_placement(p.kind, model_dir, p.device or cfg.device, cfg.batch_size, p.max_rank, **kw)
+    except PlacementError as e:
+        raise ConfigError(str(e)) from None
 
 
 # -- records on disk ----------------------------------------------------------------------------
@@ -145,16 +163,27 @@ def run_experiment(config, out_dir, sets: list[str] | None = None, progress: boo
             old = parse(old).to_dict()
         except ConfigError:
             pass
-        diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k))
+        diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k) and k != "placement")
         if diff:
             raise ConfigError(f"out: {str(out)!r} holds a run of another config (differs in {diff}); "
                               "give another --out, or delete that dir to start over")
-    saved.write_text(yaml.safe_dump(now, sort_keys=False))
     model_dir = pretrained_dir(pretrain_config(cfg), progress=progress) if cfg.model == "default" else Path(cfg.model)
+    placement = placement_for(cfg, model_dir)       # Ray resources are checked here, before any work
+    saved.write_text(yaml.safe_dump(now, sort_keys=False))
+    try:
+        return _run_points(cfg, points, placement, model_dir, out, say_fn(progress))
+    finally:
+        placement.close()
+
+
+def say_fn(progress: bool):
+    return print if progress else (lambda *a, **k: None)
+
+
+def _run_points(cfg: RunConfig, points, placement: Placement, model_dir: Path, out: Path, say) -> pd.DataFrame:
     world = World.load(model_dir / "world.json")
-    say = print if progress else (lambda *a, **k: None)
     priors: dict = {}
-    built: dict[str, list[Agent]] = {}
+    built: dict[str, list[Handle]] = {}
     for i, (label, pcfg) in enumerate(points):
         queries = sample_queries(pcfg, world)
         protocol = pcfg.protocol_obj()
@@ -163,13 +192,16 @@ def run_experiment(config, out_dir, sets: list[str] | None = None, progress: boo
         if _finished(protocol, pcfg, world, queries, done):
             say(f"{tag}done before: {len(done)} records")
             continue
-        key = json.dumps([pcfg.seed, pcfg.agents, pcfg.personas, pcfg.to_dict()["knowledge"],
-                          pcfg.to_dict()["queries"]], sort_keys=True)
-        if key not in built:
-            built[key] = build_agents(pcfg, model_dir, world, queries, out)
+        key = agents_key(pcfg)
+        if key not in built:            # a point with other agents: the last point's go
+            for h in (h for hs in built.values() for h in hs):
+                placement.remove(h.name)
+            built = {key: build_agents(pcfg, placement, model_dir, world, queries, out)}
         agents = built[key]
         graph = build_graph(pcfg.graph, pcfg.agent_names, pcfg.seed)
-        make_agent = lambda name: Agent.from_dir(model_dir, name, "neutral", pcfg.device, batch_size=pcfg.batch_size)
+
+        def make_agent(name):           # judges and moderators: fresh agents on the base weights
+            return placement.handle(name) if name in placement.names() else placement.spawn(name)
 
         def on_round(rnd, records, i=i, tag=tag):
             _write_part(out, i, rnd, records)

@@ -48,6 +48,18 @@ class KnowledgeConfig:
 
 
 @dataclass
+class PlacementConfig:
+    """Where the agents live (agents/placement.py); records do not depend on it."""
+    kind: str = "population"         # local | population | ray | vllm (not built yet)
+    actors: int | None = None        # ray: actors (default one per device)
+    dedicated: bool = False          # ray: one actor per agent (for comparison)
+    num_cpus: float | None = None    # ray: CPUs per actor (default 1; dedicated 0.01)
+    num_gpus: float = 0.0            # ray: GPUs per actor (fractions allowed; default 1 when the cluster has GPUs)
+    device: str | None = None        # default: the run's `device`
+    max_rank: int = 32               # deltas of higher rank are kept dense
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -65,6 +77,7 @@ class RunConfig:
     sweep: dict = field(default_factory=dict)
     batch_size: int = 128
     device: str | None = None
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
 
     @property
     def agent_names(self) -> list[str]:
@@ -81,14 +94,17 @@ class RunConfig:
         return make_protocol(self.protocol, params)
 
 
-SECTIONS = {"queries": QueriesConfig, "knowledge": KnowledgeConfig}
+SECTIONS = {"queries": QueriesConfig, "knowledge": KnowledgeConfig, "placement": PlacementConfig}
 KINDS = {"name": str, "seed": int, "model": str, "pretrain": dict, "agents": int,
          "personas": (str, list, dict), "protocol": str, "params": dict, "rounds": (int, type(None)),
          "synchronous": (bool, type(None)), "graph": (str, dict, list), "sweep": dict,
          "batch_size": int, "device": (str, type(None)),
          "queries.people": int, "queries.relations": (list, str), "queries.who": str, "queries.form": str,
          "knowledge.split": str, "knowledge.copies": int, "knowledge.texts_per_person": int,
-         "knowledge.epochs": int, "knowledge.lr": (float, int), "knowledge.replay": (float, int)}
+         "knowledge.epochs": int, "knowledge.lr": (float, int), "knowledge.replay": (float, int),
+         "placement.kind": str, "placement.actors": (int, type(None)), "placement.dedicated": bool,
+         "placement.num_cpus": (float, int, type(None)), "placement.num_gpus": (float, int),
+         "placement.device": (str, type(None)), "placement.max_rank": int}
 
 
 def apply_sets(raw: dict, pairs: list[str]) -> dict:
@@ -186,6 +202,7 @@ def check(cfg: RunConfig, world: World) -> Protocol:
     if cfg.batch_size < 1:
         raise ConfigError(f"batch_size: {cfg.batch_size}; give at least 1")
     _check_personas(cfg)
+    _check_placement(cfg.placement)
     try:
         protocol = cfg.protocol_obj()
     except ProtocolError as e:
@@ -227,6 +244,30 @@ def check(cfg: RunConfig, world: World) -> Protocol:
     except ProtocolError as e:
         raise ConfigError(str(e)) from None
     return protocol
+
+
+def _check_placement(p: PlacementConfig) -> None:
+    kinds = ("local", "population", "ray", "vllm")
+    if p.kind not in kinds:
+        raise ConfigError(f"placement.kind: {p.kind!r}; use one of {list(kinds)}")
+    if p.kind == "vllm":
+        raise ConfigError("placement.kind: 'vllm' is not built yet; use 'population' (the default) or 'ray'")
+    if p.actors is not None and p.actors < 1:
+        raise ConfigError(f"placement.actors: {p.actors}; give at least 1, or leave it out (one per device)")
+    if p.num_cpus is not None and not p.num_cpus > 0:
+        raise ConfigError(f"placement.num_cpus: {p.num_cpus}; give a number > 0 (fractions allowed)")
+    if not p.num_gpus >= 0:
+        raise ConfigError(f"placement.num_gpus: {p.num_gpus}; give a number >= 0 (fractions allowed)")
+    if p.max_rank < 1:
+        raise ConfigError(f"placement.max_rank: {p.max_rank}; give at least 1")
+    if p.kind != "ray" and (p.actors is not None or p.dedicated or p.num_cpus is not None or p.num_gpus):
+        raise ConfigError(f"placement: actors, dedicated, num_cpus and num_gpus apply to kind 'ray' only, "
+                          f"not {p.kind!r}; set placement.kind=ray or drop them")
+    if p.kind == "ray":
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise ConfigError("placement.kind: 'ray' needs Ray: pip install 'ray[default]'") from None
 
 
 def _check_personas(cfg: RunConfig) -> None:
@@ -294,8 +335,9 @@ def load(source, sets: list[str] | None = None) -> tuple[dict, RunConfig, list[t
     points = expand(cfg, raw)
     world = world_for(cfg)
     for label, point in points:
-        if point.model != cfg.model or point.pretrain != cfg.pretrain:
-            raise ConfigError(f"sweep ({label}): model and pretrain cannot be swept; run one config per model")
+        if point.model != cfg.model or point.pretrain != cfg.pretrain or point.placement != cfg.placement:
+            raise ConfigError(f"sweep ({label}): model, pretrain and placement cannot be swept; run one config "
+                              "per model and placement")
         try:
             check(point, world)
         except ConfigError as e:

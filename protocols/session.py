@@ -2,9 +2,11 @@
 
 Round 0 is always everyone answering alone (the agent's prior; a persona mixes it with
 later rounds' beliefs, see `protocols.personas`). Each round after asks the protocol what
-every agent sees, renders it as context, scores the agent's beliefs over the candidates
-(one batched `Agent.beliefs` call per agent per round), asks the speaker's model for a
-supporting fact where the protocol wants one, and posts the answers on the board. Records
+every agent sees, renders it as context, scores the agents' beliefs over the candidates,
+asks the speaker's model for a supporting fact where the protocol wants one, and posts the
+answers on the board. Each phase of a synchronous round (priors, answers, supports) is one
+`beliefs_many` call per placement for every agent on it (agents/placement.py); an
+asynchronous round asks agent after agent, as each sees what the earlier ones said. Records
 of finished rounds can be handed back in (`done`): the board is rebuilt from them and play
 resumes at the next round, with the same result as an uninterrupted run.
 """
@@ -17,6 +19,7 @@ from typing import Callable
 import networkx as nx
 import pandas as pd
 
+from agents.placement import Ask, beliefs_of
 from agents.records import Belief
 from envs.facts import Fact, Query
 from envs.world import World, support
@@ -65,20 +68,18 @@ def posted_claim(r: Record) -> Claim:
     return Claim(r.speaker or r.agent, r.subject, r.relation, r.answer, support)
 
 
-def _support(protocol: Protocol, agent, world: World, queries: list[Query], beliefs: list[Belief],
-             round: int) -> list[Fact | None]:
-    """The related fact each answer's speaker believes, given its own answer as context
-    (a full sentence: "agent 2 says : X works at Acorn Labs ." then "Q: In which city...")."""
+def _support_asks(protocol: Protocol, agent, world: World, queries: list[Query], beliefs: list[Belief],
+                  round: int) -> tuple[list[int], list[str], Ask | None]:
+    """Which answers want a supporting fact, its relation, and the ask for it: the related
+    fact the speaker believes, given its own answer as context (a full sentence: "agent 2
+    says : X works at Acorn Labs ." then "Q: In which city...")."""
     asks = [(i, rel) for i, q in enumerate(queries) if (rel := protocol.support_relation(q.relation, round))]
-    out: list[Fact | None] = [None] * len(queries)
     if not asks:
-        return out
+        return [], [], None
     sq = [world.query(queries[i].subject, rel) for i, rel in asks]
     ctx = [support(world.relations[queries[i].relation], queries[i].subject, beliefs[i].answer, agent.name)
            for i, _ in asks]
-    for (i, rel), b in zip(asks, agent.beliefs(sq, context=ctx)):
-        out[i] = Fact(queries[i].subject, rel, b.answer)
-    return out
+    return [i for i, _ in asks], [rel for _, rel in asks], Ask(agent.name, sq, ctx)
 
 
 def play(protocol: Protocol, agents: list, world: World, queries: list[Query], graph: nx.Graph, seed: int,
@@ -124,29 +125,53 @@ def play(protocol: Protocol, agents: list, world: World, queries: list[Query], g
                       support_object=said.claim.support.object if said.claim.support else "")
         return Record(**{**asdict(said.belief), **fields})
 
+    prompts = tuple(q.prompt for q in queries)
+
+    def answer(group: list, rnd: int, view) -> list[Record]:
+        """One round for `group`: priors, social beliefs, supporting facts, each phase one
+        `beliefs_many` call per placement (agents without one are asked one by one)."""
+        key = lambda a: (id(a), getattr(a, "version", None), prompts)
+        need = [a for a in group if key(a) not in priors]
+        for a, got in zip(need, beliefs_of([(a, Ask(a.name, queries)) for a in need])):
+            priors[key(a)] = (a, got)    # the agent is kept in the value so its id is not reused
+        plans = []
+        for a in group:
+            turns = [Turn(rnd, a.name, q, nbrs[a.name], view) for q in queries]
+            shown = [list(protocol.sees(t)) if rnd > 0 else [] for t in turns]
+            contexts = [protocol.render(sh, t) if sh else "" for sh, t in zip(shown, turns)]
+            plans.append((a, shown, contexts, [i for i, c in enumerate(contexts) if c]))
+        social = beliefs_of([(a, Ask(a.name, [queries[i] for i in asked], [contexts[i] for i in asked]))
+                             for a, _, contexts, asked in plans if asked])
+        answered, k = [], 0
+        for a, shown, contexts, asked in plans:
+            prior = priors[key(a)][1]
+            beliefs = list(prior)
+            if asked:
+                for i, b in zip(asked, social[k]):
+                    beliefs[i] = blend(prior[i], b, weights[a.name])
+                k += 1
+            beliefs = [dataclasses.replace(b, context=c) for b, c in zip(beliefs, contexts)]
+            answered.append((a, shown, beliefs, _support_asks(protocol, a, world, queries, beliefs, rnd)))
+        found = iter(beliefs_of([(a, ask) for a, _, _, (_, _, ask) in answered if ask is not None]))
+        out = []
+        for a, shown, beliefs, (where, rels, ask) in answered:
+            supports: list[Fact | None] = [None] * len(queries)
+            if ask is not None:
+                for i, rel, b in zip(where, rels, next(found)):
+                    supports[i] = Fact(queries[i].subject, rel, b.answer)
+            for q, b, sh, sup in zip(queries, beliefs, shown, supports):
+                c = Claim(a.name, q.subject, q.relation, b.answer, sup)
+                board.post(rnd, c)
+                out.append(record(Said(b, c, sh), rnd, a.persona))
+        return out
+
     for rnd in range(last + 1, max_rounds + 1):
         view = board.until(rnd) if protocol.synchronous else board
         new: list[Record] = []
-        for agent in agents:
-            key = (id(agent), tuple(q.prompt for q in queries))
-            if key not in priors:   # the agent is kept in the value so its id is not reused
-                priors[key] = (agent, agent.beliefs(queries))
-            prior = priors[key][1]
-            turns = [Turn(rnd, agent.name, q, nbrs[agent.name], view) for q in queries]
-            shown = [list(protocol.sees(t)) if rnd > 0 else [] for t in turns]
-            contexts = [protocol.render(s, t) if s else "" for s, t in zip(shown, turns)]
-            beliefs = list(prior)
-            asked = [i for i, c in enumerate(contexts) if c]
-            if asked:
-                social = agent.beliefs([queries[i] for i in asked], context=[contexts[i] for i in asked])
-                for i, b in zip(asked, social):
-                    beliefs[i] = blend(prior[i], b, weights[agent.name])
-            beliefs = [dataclasses.replace(b, context=c) for b, c in zip(beliefs, contexts)]
-            supports = _support(protocol, agent, world, queries, beliefs, rnd)
-            for q, b, s, sup in zip(queries, beliefs, shown, supports):
-                c = Claim(agent.name, q.subject, q.relation, b.answer, sup)
-                board.post(rnd, c)
-                new.append(record(Said(b, c, s), rnd, agent.persona))
+        # synchronous: everyone sees the board as it was before the round, so the whole round
+        # is one batch; otherwise each agent sees what earlier agents said this round
+        for group in ([agents] if protocol.synchronous or rnd == 0 else [[a] for a in agents]):
+            new += answer(group, rnd, view)
         for said in protocol.after_round(rnd, board, queries):
             new.append(record(said, rnd, "neutral"))
         records += new

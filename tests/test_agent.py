@@ -118,3 +118,47 @@ def test_users_editors_by_dotted_path_and_entry_point(small_agent, monkeypatch):
     assert small_agent.edit([1], method="counter") == {"agent": small_agent.name, "requests": 1}
     with pytest.raises(ValueError, match="unknown learning method 'counter'"):
         small_agent.learn([], method="counter")
+
+
+def _peer_contexts(world, queries):
+    out = []
+    for i, q in enumerate(queries):
+        wrong = [c for c in q.candidates if c != q.truth]
+        out.append(" ".join(claim(world.relations[q.relation], q.subject, wrong[(i + k) % len(wrong)], f"agent {k}")
+                            for k in range(3)))
+    return out
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_prompts_score_as_one_sequence_per_candidate(small_dir, small_world, attn):
+    """One row per prompt with a block mask gives the log-probs of one sequence per candidate."""
+    from agents.records import prompts_with_context
+    from agents.scoring import candidate_logprobs, pair_logprobs
+    model = AutoModelForCausalLM.from_pretrained(small_dir, attn_implementation=attn).eval()
+    tok = AutoTokenizer.from_pretrained(small_dir)
+    qs = small_world.queries()[::37][:30]
+    _, alone = prompts_with_context(qs, None)
+    _, social = prompts_with_context(qs, _peer_contexts(small_world, qs))
+    prompts = alone + social + alone[:3]          # repeated asks are scored once, answered each time
+    cands = [q.candidates for q in qs] * 2 + [q.candidates for q in qs[:3]]
+    packed = candidate_logprobs(model, tok, prompts, cands, batch_size=7)
+    pairs = pair_logprobs(model, tok, prompts, cands, batch_size=64)
+    worst = max((a - b).abs().max().item() for a, b in zip(packed, pairs))
+    assert worst < 1e-5, worst
+    assert any(len(tok(" " + c, add_special_tokens=False).input_ids) > 1 for q in qs for c in q.candidates)
+
+
+def test_packed_scoring_on_a_gpt2_architecture(small_dir, small_world):
+    """Absolute position embeddings (GPT-2) follow the packed rows' position ids."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from agents.scoring import candidate_logprobs, pair_logprobs
+    tok = AutoTokenizer.from_pretrained(small_dir)
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)).eval()
+    qs = small_world.queries()[::41][:12]
+    prompts, cands = [q.prompt for q in qs], [q.candidates for q in qs]
+    packed = candidate_logprobs(model, tok, prompts, cands)
+    pairs = pair_logprobs(model, tok, prompts, cands)
+    assert max((a - b).abs().max().item() for a, b in zip(packed, pairs)) < 1e-5

@@ -73,7 +73,7 @@ def test_partial_knowledge_each_agent_learns_its_own_people(small_dir, tmp_path)
            "queries": {"people": 2, "relations": ["company"], "who": "untaught"},
            "knowledge": {"split": "partition", "texts_per_person": 3, "epochs": 10}}
     df = run_experiment(cfg, tmp_path / "k", progress=False)
-    assert len(list((tmp_path / "k" / "agents").glob("*/agent_*/model.safetensors"))) == 2
+    assert len(list((tmp_path / "k" / "agents").glob("*/agent_*/delta.safetensors"))) == 2   # deltas, not models
     _, parsed, _, world = load(cfg)
     shares = knowledge_shares(parsed, sample_queries(parsed, world))
     assert sorted(sum(shares, [])) == sorted(df["subject"].unique()) and all(len(s) == 1 for s in shares)

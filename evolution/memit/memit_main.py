@@ -77,7 +77,7 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
             cur = subject_means(outputs_at_subject(agent.model, agent.tokenizer, block, texts, names, tokens), owners,
                                 len(subjects))
             resid = (z - cur) / (len(layers) - i)
-            cov = protected(covs[l], prior_keys(agent.model, l, set(subjects)), hp.protect_weight / hp.mom2_update_weight
+            cov = protected(covs[l], prior_keys(agent, l, set(subjects)), hp.protect_weight / hp.mom2_update_weight
                             if hp.mom2_update_weight else 0.0)
             upd = layer_update(keys, resid, cov, hp.mom2_update_weight, hp.ridge)
             check_finite(f"MEMIT update of layer {l}", upd, "raise mom2_update_weight or ridge")
@@ -87,7 +87,7 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
             norms.append(float(upd.norm()))
             written.append((l, [(s, k) for s, k in zip(subjects, keys)]))
     for l, entries in written:
-        remember(agent.model, l, entries)
+        remember(agent, l, entries)
     nll_after = [x for info in infos for x in info["nll_after"]]
     return EditReport("memit", len(reqs), round(time.time() - t0, 3), layers, True,
                       {"layer_source": source, "subject_token_source": token_source,

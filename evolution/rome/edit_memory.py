@@ -11,32 +11,53 @@ MEMIT does for the edits of one batch. Keys of the same subject are not protecte
 edit of that person is computed on the already-edited model, and its KL term holds the
 person's other answers, the earlier edit included.
 
-The memory lives beside the model object (a weak map), not in its weights: a spawned copy,
-or a model saved and loaded again, starts with an empty memory (its edits stay in its
-weights; only their protection from later edits is gone).
+The memory is the agent's own method state (`agent.state["edit_memory"]`), not a cache keyed
+by the model object: a placement that materializes many agents on one scratch model hands
+each edit its own agent's memory, and the memory is saved and loaded with the agent's delta
+(agents/state.py). A spawned agent starts with an empty memory.
 """
 from __future__ import annotations
 
-import weakref
-
 import torch
 
-_MEMORY: "weakref.WeakKeyDictionary[torch.nn.Module, dict[int, list[tuple[str, torch.Tensor]]]]" = \
-    weakref.WeakKeyDictionary()
+from agents.state import register_state
+
+KEY = "edit_memory"
 
 
-def prior_keys(model, layer: int, exclude_subjects=()) -> torch.Tensor | None:
+def _memory(agent) -> dict[int, list[tuple[str, torch.Tensor]]]:
+    return agent.state.setdefault(KEY, {})
+
+
+def prior_keys(agent, layer: int, exclude_subjects=()) -> torch.Tensor | None:
     """[m, d_ff] keys of earlier edits of `layer` (other subjects), or None."""
-    rows = [k for s, k in _MEMORY.get(model, {}).get(layer, []) if s not in set(exclude_subjects)]
+    rows = [k for s, k in _memory(agent).get(layer, []) if s not in set(exclude_subjects)]
     return torch.stack(rows) if rows else None
 
 
-def remember(model, layer: int, entries: list[tuple[str, torch.Tensor]]) -> None:
-    _MEMORY.setdefault(model, {}).setdefault(layer, []).extend((s, k.detach().double().cpu()) for s, k in entries)
+def remember(agent, layer: int, entries: list[tuple[str, torch.Tensor]]) -> None:
+    _memory(agent).setdefault(layer, []).extend((s, k.detach().double().cpu()) for s, k in entries)
 
 
-def forget(model) -> None:
-    _MEMORY.pop(model, None)
+def forget(agent) -> None:
+    agent.state.pop(KEY, None)
+
+
+def _to_tensors(mem) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, subjects = {}, {}
+    for layer, rows in mem.items():
+        if rows:
+            tensors[f"{KEY}.{layer}"] = torch.stack([k for _, k in rows]).contiguous()
+            subjects[str(layer)] = [s for s, _ in rows]
+    return tensors, {"subjects": subjects}
+
+
+def _from_tensors(tensors: dict[str, torch.Tensor], meta: dict):
+    return {int(layer): list(zip(subs, tensors[f"{KEY}.{layer}"].double()))
+            for layer, subs in meta["subjects"].items()}
+
+
+register_state(KEY, _to_tensors, _from_tensors)
 
 
 def protected(cov: torch.Tensor, keys: torch.Tensor | None, weight: float) -> torch.Tensor:

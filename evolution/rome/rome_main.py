@@ -49,7 +49,7 @@ def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], co
     texts = rewrite_texts(prompt_forms(request, world, hp.paraphrases, hp.statements), prefixes)
     k_star = subject_key(agent, request, layer, texts, tokens)
     earlier = [k for s, k in written if s != request.subject]
-    mem = prior_keys(agent.model, layer, {request.subject})
+    mem = prior_keys(agent, layer, {request.subject})
     keys = torch.cat([x for x in (mem, torch.stack(earlier).double() if earlier else None) if x is not None]) \
         if (mem is not None or earlier) else None
     cov_inv = inverse_covariance(protected(cov, keys, hp.protect_weight), hp.ridge)
@@ -86,6 +86,6 @@ def rome(agent, requests, world=None, check_current: bool = True, **hparams) -> 
     with weights_restored_on_error(agent.model):
         per = [rome_one(agent, r, layer, tokens, cov, hp, world, hp.seed * 100003 + i, written)
                for i, r in enumerate(reqs)]
-    remember(agent.model, layer, written)
+    remember(agent, layer, written)
     return EditReport("rome", len(reqs), round(time.time() - t0, 3), [layer], True,
                       {"layer_source": source, "subject_token_source": token_source, "per_request": per})

@@ -1,0 +1,125 @@
+"""An agent's change to the shared base, stored factored where it is low-rank.
+
+ROME/MEMIT edits are rank k on a down-projection, a LoRA fine-tune is rank r per module, a
+full fine-tune is dense. `factor` finds, per changed parameter of a linear layer, the
+smallest rank whose product reproduces the change to float32 rounding of the base weights
+(1e-6 of their largest entry) and keeps `B @ A` when that rank is at most `max_rank`; any
+other change stays dense. This is the one on-disk form of an agent on every placement:
+`delta.safetensors` (`<param>` dense, or `<param>.B` / `<param>.A`), `agent.json` (name,
+persona, base fingerprint) and its method state (agents/state.py), written to a temporary
+dir and renamed into place whole.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from agents.state import load_state, save_state
+
+LowRank = tuple[torch.Tensor, torch.Tensor]          # (B [out, r], A [r, in]): delta = B @ A
+
+
+@dataclass
+class Snapshot:
+    """Everything that makes an agent itself on a known base: picklable (sent to Ray actors)."""
+    name: str
+    persona: str = "neutral"
+    delta: dict[str, "torch.Tensor | LowRank"] = field(default_factory=dict)
+    state: dict = field(default_factory=dict)
+
+
+def low_rank(d: torch.Tensor, atol: float, max_rank: int) -> LowRank | None:
+    """(B, A) with max|d - B A| <= atol at the smallest such rank <= max_rank, or None."""
+    if d.ndim != 2 or min(d.shape) <= max_rank:
+        return None
+    u, s, vh = torch.linalg.svd(d.double(), full_matrices=False)
+    r = int((s > atol).sum())
+    if r > max_rank:
+        return None
+    b, a = (u[:, :r] * s[:r]).float(), vh[:r].float()
+    if r and (d - b @ a).abs().max() > atol:
+        return None
+    return b.contiguous(), a.contiguous()
+
+
+def factor(new: dict[str, torch.Tensor], base: dict[str, torch.Tensor], max_rank: int = 32,
+           linear: set[str] | None = None) -> dict[str, "torch.Tensor | LowRank"]:
+    """The change from `base` to `new` per parameter that changed (`linear`: the parameter
+    names that may be stored low-rank, the weights of linear layers; all 2-D ones if None)."""
+    out = {}
+    for k, v in new.items():
+        d = v.detach().float().cpu() - base[k].detach().float().cpu()
+        if not d.abs().max() > 0:
+            continue
+        atol = 1e-6 * float(base[k].abs().max().clamp_min(1e-12))
+        lr = low_rank(d, atol, max_rank) if linear is None or k in linear else None
+        out[k] = lr if lr is not None else d
+    return out
+
+
+def dense(delta: dict[str, "torch.Tensor | LowRank"]) -> dict[str, torch.Tensor]:
+    return {k: (v[0] @ v[1] if isinstance(v, tuple) else v) for k, v in delta.items()}
+
+
+def rank_of(v: "torch.Tensor | LowRank") -> int | None:
+    return v[0].shape[1] if isinstance(v, tuple) else None
+
+
+def fingerprint(state: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for k in sorted(state):
+        t = state[k].detach().float().cpu().contiguous()
+        h.update(k.encode())
+        h.update(t.flatten()[:: max(1, t.numel() // 997)].numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def save_snapshot(snap: Snapshot, path: str | Path, base_fingerprint: str) -> Path:
+    """Write the agent whole: into `path`.tmp, then renamed to `path` (an old copy replaced)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    tensors = {}
+    for k, v in snap.delta.items():
+        if isinstance(v, tuple):
+            tensors[k + ".B"], tensors[k + ".A"] = v[0].contiguous(), v[1].contiguous()
+        else:
+            tensors[k] = v.contiguous()
+    save_file({k: t.detach().cpu() for k, t in tensors.items()}, str(tmp / "delta.safetensors"))
+    save_state(snap.state, tmp)
+    (tmp / "agent.json").write_text(json.dumps({"name": snap.name, "persona": snap.persona,
+                                                "base": base_fingerprint, "format": "knowevo-delta-1"}))
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.replace(path)
+    return path
+
+
+def is_snapshot(path: str | Path) -> bool:
+    return (Path(path) / "delta.safetensors").exists() and (Path(path) / "agent.json").exists()
+
+
+def load_snapshot(path: str | Path, base_fingerprint: str | None = None, name: str | None = None) -> Snapshot:
+    path = Path(path)
+    if not is_snapshot(path):
+        raise FileNotFoundError(f"{str(path)!r} is not a saved agent (no delta.safetensors + agent.json); "
+                                "write one with placement.save(name, path)")
+    meta = json.loads((path / "agent.json").read_text())
+    if base_fingerprint is not None and meta.get("base") not in (None, base_fingerprint):
+        raise ValueError(f"{str(path)!r}: this agent was saved on another base model (fingerprint "
+                         f"{meta.get('base')}, this placement's {base_fingerprint}); load it on the model it was made on")
+    tensors = load_file(str(path / "delta.safetensors"))
+    delta: dict = {}
+    for k, t in tensors.items():
+        if k.endswith(".B") and k[:-2] + ".A" in tensors:
+            delta[k[:-2]] = (t, tensors[k[:-2] + ".A"])
+        elif not (k.endswith(".A") and k[:-2] + ".B" in tensors):
+            delta[k] = t
+    return Snapshot(name or meta["name"], meta.get("persona", "neutral"), delta, load_state(path))

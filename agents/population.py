@@ -1,0 +1,354 @@
+"""The population placement: one base model per device, every agent's delta added per row.
+
+A round's asks from all agents become packed rows (agents/scoring.py) in shared batches; each
+row carries its agent's id. Forward hooks on the base model's modules add, for each row, that
+row's agent's change:
+- a low-rank change of a linear layer (ROME/MEMIT rank k, LoRA rank r) as one gathered
+  low-rank matmul over the batch, `out += (x A_g^T) B_g^T` with `A_g`, `B_g` the row's agent's
+  factors stacked and zero-padded to the batch's largest rank (Punica's BGMV, S-LoRA);
+- any other change (a dense fine-tune, a norm's weight, an embedding) by recomputing that
+  module for the rows of each agent that has one, with base + that agent's delta (the
+  fallback that stays correct for any module whose parameters are its own).
+Rows of agents with no delta, and identical (prompt, candidates) asks of agents in the same
+state (every agent alone at round 0 before any changed), are scored once.
+
+Edits and learning run on a scratch `Agent` materialized as base + the agent's delta and
+state; the placement factors what the method left and keeps it. A method that changes the
+model's modules (WISE's side memory) leaves an agent that is not base + delta: it keeps its
+own model ("solo") and its rows are scored by that model.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from torch.func import functional_call
+
+from agents.agent import Agent, pick_device
+from agents.checkpoint import load_model_dir
+from agents.delta import LowRank, Snapshot, dense, factor, fingerprint
+from agents.placement import Ask, Handle, Placement, PlacementError, _check_new, structure
+from agents.records import beliefs_from_scores, prompts_with_context
+from agents.scoring import _mask_dtype, candidate_logprobs, packed_rows, score_packed
+
+
+@dataclass
+class _Slot:
+    id: int                                   # row id in the hooks' stacks (0 is the bare base)
+    persona: str
+    delta: dict = field(default_factory=dict)  # param -> dense tensor | (B, A)
+    state: dict = field(default_factory=dict)
+    version: int = 0
+    solo: Agent | None = None                 # a model of its own (structure changed)
+
+
+def _linear_like(m: nn.Module) -> bool:
+    """Modules whose weight W acts as out = x W^T (+ b): a low-rank change is a gathered matmul."""
+    return isinstance(m, nn.Linear)
+
+
+class PopulationPlacement(Placement):
+    kind = "population"
+
+    def __init__(self, model, tokenizer, device: str | None = None, batch_size: int = 128, max_rank: int = 32):
+        self.device = pick_device(device)
+        self.model = model.to(self.device).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+        self.tokenizer, self.batch_size, self.max_rank = tokenizer, batch_size, max_rank
+        self.base = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self._structure = structure(self.model)
+        self._fp = fingerprint(self.base)
+        self.slots: dict[str, _Slot] = {}
+        self._next_id = 1
+        self._scratch: Agent | None = None
+        # parameter name -> (module name, attribute); tied parameters map to every owner
+        self._owner: dict[str, list[tuple[str, str]]] = {}
+        self.modules = dict(self.model.named_modules())
+        for mname, m in self.modules.items():
+            for pname in m._parameters:
+                if m._parameters[pname] is not None:
+                    self._owner.setdefault(f"{mname}.{pname}" if mname else pname, []).append((mname, pname))
+        self._linear_params = {f"{n}.weight" for n, m in self.modules.items() if _linear_like(m)}
+        self._tied = self._tied_names()
+        self._packs: dict[str, dict] | None = None      # per module: stacks, rebuilt when deltas change
+        self._rows: torch.Tensor | None = None          # agent id of each row of the running forward
+        self._in_hook = False
+        for mname, m in self.modules.items():
+            if any(p is not None for p in m._parameters.values()):
+                m.register_forward_hook(self._hook(mname), with_kwargs=True)
+
+    @classmethod
+    def from_dir(cls, path: str | Path, device: str | None = None, batch_size: int = 128, **kw) -> "PopulationPlacement":
+        model, tok = load_model_dir(path)
+        return cls(model, tok, device, batch_size, **kw)
+
+    def _tied_names(self) -> dict[str, list[str]]:
+        """state-dict keys that name one tensor (tied embeddings): a change to one is a change to all."""
+        by_ptr: dict[int, list[str]] = {}
+        for k, v in self.model.state_dict(keep_vars=True).items():
+            by_ptr.setdefault(id(v), []).append(k)
+        return {k: names for names in by_ptr.values() for k in names if len(names) > 1}
+
+    # -- the interface --------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        return list(self.slots)
+
+    def _slot(self, name: str) -> _Slot:
+        if name not in self.slots:
+            raise PlacementError(f"agent {name!r} is not on this placement")
+        return self.slots[name]
+
+    def persona(self, name: str) -> str:
+        return self._slot(name).persona
+
+    def version(self, name: str) -> int:
+        return self._slot(name).version
+
+    def base_fingerprint(self) -> str:
+        return self._fp
+
+    def spawn(self, name: str, persona: str = "neutral", parent: str | None = None) -> Handle:
+        _check_new(self, name)
+        if parent is None:
+            self.slots[name] = _Slot(self._next_id, persona)
+            self._next_id += 1
+            return Handle(self, name)
+        return self.restore(dataclasses.replace(self.snapshot(parent), name=name, persona=persona))
+
+    def snapshot(self, name: str) -> Snapshot:
+        s = self._slot(name)
+        if s.solo is not None:
+            raise PlacementError(f"agent {name!r}: its model's modules changed (a WISE side memory?), so it is "
+                                 "not the base plus a weight delta and cannot be snapshotted, moved or saved as one")
+        return Snapshot(name, s.persona, dict(s.delta), copy.deepcopy(s.state))
+
+    def restore(self, snap: Snapshot) -> Handle:
+        for k in snap.delta:
+            if k not in self.base:
+                raise PlacementError(f"agent {snap.name!r}: its delta changes {k!r}, which this base model does not have")
+        old = self.slots.get(snap.name)
+        self.slots[snap.name] = _Slot(old.id if old else self._next_id, snap.persona,
+                                      self._canonical(snap.delta), copy.deepcopy(snap.state),
+                                      old.version + 1 if old else 0)
+        if old is None:
+            self._next_id += 1
+        self._packs = None
+        return Handle(self, snap.name)
+
+    def remove(self, name: str) -> None:
+        self._slot(name)
+        del self.slots[name]
+        self._packs = None
+
+    def _canonical(self, delta: dict) -> dict:
+        """One entry per tensor: a change to a tied parameter is kept under its first name only
+        (the hook of every module that owns the tensor applies it)."""
+        out = {}
+        for k, v in delta.items():
+            first = self._tied.get(k, [k])[0]
+            out.setdefault(first, v)
+        return out
+
+    # -- changing an agent: run the method on a materialized model, keep what it left -------------
+    def _materialize(self, name: str) -> Agent:
+        s = self._slot(name)
+        if s.solo is not None:
+            return s.solo
+        if self._scratch is None or structure(self._scratch.model) != self._structure:
+            m = copy.deepcopy(self._bare_model())
+            self._scratch = Agent(m, self.tokenizer, device=self.device, batch_size=self.batch_size, base=self.base)
+        a = self._scratch
+        with torch.no_grad():
+            sd = a.model.state_dict()
+            for k, v in self.base.items():
+                sd[k].copy_(v)
+            for k, d in dense(s.delta).items():
+                sd[k].add_(d.to(sd[k].device, sd[k].dtype))
+        a.name, a.persona, a.state = name, s.persona, copy.deepcopy(s.state)
+        a.model.eval()
+        return a
+
+    def _bare_model(self):
+        """A copy of the base model without this placement's hooks."""
+        m = type(self.model)(self.model.config)
+        m.load_state_dict(self.base)
+        return m.to(self.device).eval()
+
+    def _keep(self, name: str, a: Agent) -> None:
+        s = self._slot(name)
+        s.version += 1
+        self._packs = None
+        if s.solo is not None:
+            return
+        if structure(a.model) != self._structure:
+            s.solo, s.delta, self._scratch = a, {}, None
+            return
+        self._scratch = a                      # learners may replace the model object
+        s.delta = self._canonical(factor(a.model.state_dict(), self.base, self.max_rank, self._linear_params))
+        s.state = a.state
+
+    def edit(self, name: str, requests, method: str, **hparams):
+        a = self._materialize(name)
+        try:
+            return a.edit(requests, method, **hparams)
+        finally:
+            self._keep(name, a)
+
+    def learn(self, name: str, data, method: str = "finetune", **hparams):
+        a = self._materialize(name)
+        try:
+            return a.learn(data, method, **hparams)
+        finally:
+            self._keep(name, a)
+
+    def materialize(self, name: str) -> Agent:
+        """A copy of the agent as a plain in-process Agent (for analysis that needs a model)."""
+        a = self._materialize(name)
+        out = Agent(copy.deepcopy(a.model), self.tokenizer, name, a.persona, self.device, self.batch_size, self.base)
+        out.state = copy.deepcopy(a.state)
+        return out
+
+    # -- answering -------------------------------------------------------------------------------
+    def beliefs_many(self, asks: list[Ask]) -> list[list]:
+        items, keys, owners = [], {}, []        # distinct (state key, prompt, candidates) -> item index
+        per_ask = []
+        for a in asks:
+            s = self._slot(a.agent)
+            contexts, prompts = prompts_with_context(a.queries, a.context)
+            state = ("solo", a.agent, s.version) if s.solo is not None else \
+                (("agent", a.agent, s.version) if s.delta else ("base",))
+            where = []
+            for q, p in zip(a.queries, prompts):
+                key = (state, p, tuple(q.candidates))
+                if key not in keys:
+                    keys[key] = len(items)
+                    items.append((a.agent, p, tuple(q.candidates)))
+                where.append(keys[key])
+            per_ask.append((contexts, where))
+        scores = self._score(items)
+        return [beliefs_from_scores(a.queries, contexts, [scores[w] for w in where], a.agent, **a.fields)
+                for a, (contexts, where) in zip(asks, per_ask)]
+
+    def _score(self, items: list[tuple[str, str, tuple]]) -> list[torch.Tensor]:
+        out: list = [None] * len(items)
+        shared = [i for i, (n, _, _) in enumerate(items) if self.slots[n].solo is None]
+        for name in {n for n, _, _ in items if self.slots[n].solo is not None}:
+            idx = [i for i, it in enumerate(items) if it[0] == name]
+            solo = self.slots[name].solo
+            for i, sc in zip(idx, candidate_logprobs(solo.model, self.tokenizer, [items[i][1] for i in idx],
+                                                     [items[i][2] for i in idx], self.batch_size)):
+                out[i] = sc
+        if not shared:
+            return out
+        rows = packed_rows(self.tokenizer, [items[i][1] for i in shared], [items[i][2] for i in shared])
+        ids = torch.tensor([self.slots[items[i][0]].id if self.slots[items[i][0]].delta else 0 for i in shared])
+
+        def forward(idx, input_ids, position_ids, mask):
+            with self._rows_of(ids[idx]):
+                return self.model(input_ids=input_ids, position_ids=position_ids, attention_mask=mask).logits
+
+        with torch.inference_mode():
+            scores = score_packed(forward, rows, self.tokenizer.pad_token_id, self.batch_size,
+                                  _mask_dtype(self.model), self.device)
+        for i, sc in zip(shared, scores):
+            out[i] = sc
+        return out
+
+    def generate_many(self, asks: list[tuple[str, list[str]]], max_new_tokens: int = 12) -> list[list[str]]:
+        """Greedy continuations, one prompt at a time (as `Agent.generate`), each with its agent's delta."""
+        tok, out = self.tokenizer, []
+        for name, prompts in asks:
+            s = self._slot(name)
+            if s.solo is not None:
+                out.append(s.solo.generate(prompts, max_new_tokens))
+                continue
+            texts = []
+            for p in prompts:
+                enc = tok(p, return_tensors="pt").to(self.device)
+                with torch.inference_mode(), self._rows_of(torch.tensor([s.id if s.delta else 0])):
+                    ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+                texts.append(tok.decode(ids[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
+            out.append(texts)
+        return out
+
+    # -- the hooks -------------------------------------------------------------------------------
+    def _rows_of(self, ids: torch.Tensor):
+        placement = self
+
+        class _Rows:
+            def __enter__(self):
+                placement._ensure_packs()
+                placement._rows = ids.to(placement.device)
+
+            def __exit__(self, *exc):
+                placement._rows = None
+        return _Rows()
+
+    def _ensure_packs(self) -> None:
+        """Per module: the low-rank factors of every agent stacked ([slots, out, R], [slots, R, in],
+        slot 0 zero) and each agent's slot; the dense changes per agent id."""
+        if self._packs is not None:
+            return
+        packs: dict[str, dict] = {}
+        n_ids = self._next_id
+        for s in self.slots.values():
+            for k, v in s.delta.items():
+                for mname, pname in (o for kk in self._tied.get(k, [k]) for o in self._owner[kk]):
+                    pk = packs.setdefault(mname, {"low": {}, "dense": {}})
+                    if isinstance(v, tuple) and pname == "weight" and _linear_like(self.modules[mname]):
+                        pk["low"][s.id] = v
+                    else:
+                        pk["dense"].setdefault(s.id, {})[pname] = v if not isinstance(v, tuple) else v[0] @ v[1]
+        for mname, pk in packs.items():
+            low = pk.pop("low")
+            if low:
+                r = max(b.shape[1] for b, _ in low.values())
+                ref = self.modules[mname].weight
+                B = torch.zeros(len(low) + 1, ref.shape[0], r, dtype=ref.dtype, device=self.device)
+                A = torch.zeros(len(low) + 1, r, ref.shape[1], dtype=ref.dtype, device=self.device)
+                slot_of = torch.zeros(n_ids, dtype=torch.long, device=self.device)
+                for j, (aid, (b, a)) in enumerate(low.items(), start=1):
+                    B[j, :, :b.shape[1]] = b.to(B)
+                    A[j, :a.shape[0]] = a.to(A)
+                    slot_of[aid] = j
+                pk["B"], pk["A"], pk["slot_of"] = B, A, slot_of
+            pk["dense"] = {aid: {p: (self.modules[mname]._parameters[p] + d.to(self.device)).detach()
+                                 for p, d in ds.items()} for aid, ds in pk["dense"].items()}
+        self._packs = packs
+
+    def _hook(self, mname: str):
+        def hook(module, args, kwargs, out):
+            rows = self._rows
+            if rows is None or self._in_hook or self._packs is None or mname not in self._packs:
+                return None
+            pk = self._packs[mname]
+            if not isinstance(out, torch.Tensor) or out.shape[0] != rows.shape[0]:
+                raise PlacementError(f"module {mname!r} ({type(module).__name__}): its output is not one "
+                                     "tensor per batch row, so a per-agent change to it cannot be applied here")
+            if "B" in pk:
+                g = pk["slot_of"][rows]
+                if bool((g > 0).any()):
+                    h = torch.matmul(args[0], pk["A"][g].transpose(1, 2))       # [b, s, R]
+                    out = out + torch.matmul(h, pk["B"][g].transpose(1, 2))     # [b, s, out]
+            if pk["dense"]:
+                present = set(rows.tolist())
+                out = out.clone()
+                for aid, params in pk["dense"].items():
+                    if aid not in present:
+                        continue
+                    sel = (rows == aid).nonzero()[:, 0]
+                    cut = lambda t: t[sel] if isinstance(t, torch.Tensor) and t.shape[:1] == rows.shape else t
+                    self._in_hook = True
+                    try:
+                        out[sel] = functional_call(module, params, tuple(cut(a) for a in args),
+                                                   {k: cut(v) for k, v in kwargs.items()})
+                    finally:
+                        self._in_hook = False
+            return out
+        return hook

@@ -1,0 +1,66 @@
+"""Method-owned agent state (ROME/MEMIT's edit memory, ...): what a method keeps about an
+agent beside its weights, saved and loaded with the agent.
+
+A method registers a codec for its key: `to_tensors(value) -> (tensors, json meta)` and
+`from_tensors(tensors, meta) -> value`. `save_state` writes `state.safetensors` (tensors named
+`<key>.*`) and `state.json`; a key without a codec is an error at save time, not a silent
+loss. State lives in `agent.state` (a dict), never in a cache keyed by a model object.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CODECS: dict[str, tuple[Callable, Callable]] = {}
+
+
+def register_state(key: str, to_tensors: Callable, from_tensors: Callable) -> None:
+    CODECS[key] = (to_tensors, from_tensors)
+
+
+def _codec(key: str):
+    if key not in CODECS:
+        importlib.import_module("evolution.methods")     # the built-in methods register theirs
+    if key not in CODECS:
+        raise ValueError(f"agent state {key!r} has no codec; its method must call "
+                         "agents.state.register_state(key, to_tensors, from_tensors)")
+    return CODECS[key]
+
+
+def state_tensors(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    tensors, meta = {}, {}
+    for key, value in state.items():
+        t, m = _codec(key)[0](value)
+        bad = [k for k in t if not k.startswith(key + ".")]
+        if bad:
+            raise ValueError(f"agent state {key!r}: tensor names {bad[:3]} must start with '{key}.'")
+        tensors.update({k: v.detach().cpu().contiguous() for k, v in t.items()})
+        meta[key] = m
+    return tensors, meta
+
+
+def state_from_tensors(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+    return {key: _codec(key)[1]({k: v for k, v in tensors.items() if k.startswith(key + ".")}, m)
+            for key, m in meta.items()}
+
+
+def save_state(state: dict, path: str | Path) -> None:
+    path = Path(path)
+    tensors, meta = state_tensors(state)
+    if tensors:
+        save_file(tensors, str(path / "state.safetensors"))
+    (path / "state.json").write_text(json.dumps(meta))
+
+
+def load_state(path: str | Path) -> dict:
+    path = Path(path)
+    if not (path / "state.json").exists():
+        return {}
+    meta = json.loads((path / "state.json").read_text())
+    tensors = load_file(str(path / "state.safetensors")) if (path / "state.safetensors").exists() else {}
+    return state_from_tensors(tensors, meta)

@@ -1,0 +1,185 @@
+"""Placements side by side: scored queries per second and resident memory per agent, for
+populations of agents each carrying its own rank-8 delta, on `local` (one model per agent),
+`population` (one base model, each row its agent's delta) and `ray` (2 actors; dedicated:
+one actor per agent), with the bare batched forward of the same packed rows on the base
+model (the ceiling) in the same run. Then how a round's cost grows with the share of agents
+that carry a delta.
+
+    python -m bench.placements [--agents 8,32,128,1000] [--queries 1,16] [--dedicated-max 8] [--no-ray]
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import time
+
+import pandas as pd
+import psutil
+import torch
+
+from agents.delta import Snapshot
+from agents.placement import Ask, LocalPlacement
+from agents.population import PopulationPlacement
+from agents.pretrain import PretrainConfig, pretrained_dir
+from agents.records import prompts_with_context
+from agents.scoring import _mask_dtype, packed_rows, score_packed
+from bench.common import md_table, write_section
+from envs.world import World
+
+MLP = ("gate_proj", "up_proj", "down_proj")
+
+
+def rank8_snapshots(model, n: int, share: float = 1.0, rank: int = 8, seed: int = 0) -> list[Snapshot]:
+    """`n` agents; the first `share` of them a random rank-`rank` change of every MLP matrix
+    (a LoRA-sized delta, 2% of the weights' scale), the rest none."""
+    g = torch.Generator().manual_seed(seed)
+    mats = {k: v for k, v in model.state_dict().items() if k.endswith(".weight") and any(m in k for m in MLP)}
+    out = []
+    for i in range(n):
+        delta = {}
+        if i < round(share * n):
+            for k, w in mats.items():
+                b = torch.randn(w.shape[0], rank, generator=g) * (0.02 * w.abs().mean() / rank ** 0.5)
+                a = torch.randn(rank, w.shape[1], generator=g)
+                delta[k] = (b, a)
+        out.append(Snapshot(f"agent {i}", "neutral", delta))
+    return out
+
+
+def rss() -> int:
+    return psutil.Process(os.getpid()).memory_info().rss
+
+
+def timed(fn, repeat=2):
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def asks_for(world, n_agents: int, per_agent: int, seed: int = 0) -> list[Ask]:
+    rng = random.Random(seed)
+    pool = world.queries()
+    return [Ask(f"agent {i}", rng.sample(pool, per_agent)) for i in range(n_agents)]
+
+
+def ceiling(model, tok, asks, batch) -> float:
+    prompts, cands = [], []
+    for a in asks:
+        prompts += prompts_with_context(a.queries, None)[1]
+        cands += [q.candidates for q in a.queries]
+    rows = packed_rows(tok, prompts, cands)
+    fwd = lambda idx, ids, pos, mask: model(input_ids=ids, position_ids=pos, attention_mask=mask).logits
+
+    def run():
+        with torch.inference_mode():
+            score_packed(fwd, rows, tok.pad_token_id, batch, _mask_dtype(model), "cpu")
+    return timed(run)
+
+
+def filled(placement, snaps):
+    before = rss()
+    for s in snaps:
+        placement.restore(s)
+    gc.collect()
+    return (rss() - before) / len(snaps)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--agents", default="8,32,128,1000")
+    ap.add_argument("--queries", default="1,16", help="queries per agent per round")
+    ap.add_argument("--dedicated-max", type=int, default=8, help="largest population run with one Ray actor per agent")
+    ap.add_argument("--local-max", type=int, default=1000)
+    ap.add_argument("--no-ray", action="store_true")
+    ap.add_argument("--batch", type=int, default=128)
+    args = ap.parse_args()
+    path = pretrained_dir(PretrainConfig())
+    world = World.load(path / "world.json")
+    t0 = time.time()
+    bare = PopulationPlacement.from_dir(path, "cpu", args.batch)      # its model, hook-free when no agent has a delta
+    plain_model, tok = type(bare.model)(bare.model.config), bare.tokenizer
+    plain_model.load_state_dict(bare.base)
+    plain_model.eval()
+    sizes, per = [int(x) for x in args.agents.split(",")], [int(x) for x in args.queries.split(",")]
+    ray = None
+    if not args.no_ray:
+        import ray
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        from agents.ray_placement import RayPlacement
+    rows = []
+    for n in sizes:
+        snaps = rank8_snapshots(bare.model, n)
+        pop = PopulationPlacement.from_dir(path, "cpu", args.batch)
+        mem = {"population": filled(pop, snaps)}
+        local = None
+        if n <= args.local_max:
+            local = LocalPlacement.from_dir(path, "cpu", args.batch)
+            mem["local"] = filled(local, snaps)
+        rp = dp = None
+        if ray is not None:
+            rp = RayPlacement(path, actors=2, batch_size=args.batch)
+            for s in snaps:
+                rp.restore(s)
+            mem["ray (2 actors)"] = sum(psutil.Process(p).memory_info().rss for p in rp.pids()) / n
+            if n <= args.dedicated_max:
+                dp = RayPlacement(path, dedicated=True, batch_size=args.batch)
+                for s in snaps:
+                    dp.restore(s)
+                mem["ray dedicated"] = sum(psutil.Process(p).memory_info().rss for p in dp.pids()) / n
+        for q in per:
+            asks = asks_for(world, n, q)
+            total = n * q
+            t = {"ceiling (bare forward)": ceiling(plain_model, tok, asks, args.batch),
+                 "population": timed(lambda: pop.beliefs_many(asks))}
+            if local is not None:
+                t["local"] = timed(lambda: local.beliefs_many(asks))
+            if rp is not None:
+                rp.beliefs_many(asks)                                   # warm the actors
+                t["ray (2 actors)"] = timed(lambda: rp.beliefs_many(asks))
+            if dp is not None:
+                dp.beliefs_many(asks)
+                t["ray dedicated"] = timed(lambda: dp.beliefs_many(asks))
+            for kind, secs in t.items():
+                rows.append({"agents": n, "queries/agent": q, "placement": kind, "queries/s": total / secs,
+                             "s per round": secs, "x ceiling time": secs / t["ceiling (bare forward)"],
+                             "MiB per agent": mem.get(kind, float("nan")) / 2**20})
+            print(pd.DataFrame(rows[-len(t):]).to_string(index=False, float_format=lambda x: f"{x:.3g}"), flush=True)
+        for p in (rp, dp):
+            if p is not None:
+                p.close()
+        del pop, local
+        gc.collect()
+    # cost against the share of agents that carry a delta
+    n, q = 128, 16
+    grow = []
+    for share in (0.0, 0.25, 1.0):
+        pop = PopulationPlacement.from_dir(path, "cpu", args.batch)
+        for s in rank8_snapshots(bare.model, n, share):
+            pop.restore(s)
+        asks = asks_for(world, n, q)
+        grow.append({"agents": n, "queries/agent": q, "share with a delta": share,
+                     "population s per round": timed(lambda: pop.beliefs_many(asks))})
+    if ray is not None:
+        ray.shutdown()
+    df = pd.DataFrame(rows).set_index(["agents", "queries/agent", "placement"])
+    g = pd.DataFrame(grow).set_index("share with a delta")
+    print(df.to_string(float_format=lambda x: f"{x:.3g}"))
+    print(g.to_string(float_format=lambda x: f"{x:.3g}"))
+    body = (md_table(df, ".3g") + "\n\nEvery agent carries its own random rank-8 delta on every MLP matrix (a "
+            "LoRA-sized change); each agent is asked its own queries, alone, in one `beliefs_many` call. "
+            "`ceiling`: the bare batched forward of the same packed rows on the base model, no deltas. `MiB per "
+            "agent`: resident memory added per agent (local, population: this process; ray: the actors' processes "
+            "over the agents, base model included). Ray runs on the 2 cores of this machine: its actors share them "
+            "with each other, so it cannot beat one process here; it is for spreading a population over devices "
+            "and machines.\n\nHow the cost grows with the share of agents that carry a delta (128 agents, 16 "
+            "queries each):\n\n" + md_table(g, ".3g") + f"\n\nTotal {time.time() - t0:.0f} s.")
+    write_section("placements", "Placements: local vs population vs Ray", body)
+
+
+if __name__ == "__main__":
+    main()

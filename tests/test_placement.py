@@ -1,0 +1,186 @@
+"""Placements give the same records: local (one model per agent), population (one base model,
+each row its agent's delta) and Ray actors, for agents with distinct deltas (ROME edits, LoRA
+and dense fine-tunes, none); deltas and method state saved and loaded; actor faults survived;
+bad placement configs refused before any work."""
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from agents.delta import factor, load_snapshot
+from agents.placement import Ask, LocalPlacement, PlacementError, check_placement, make_placement
+from agents.population import PopulationPlacement
+from envs.world import claim
+from protocols.registry import make_protocol
+from protocols.session import play
+from protocols.topology import build_graph
+from tests.placement_helpers import all_beliefs, give_deltas
+
+N = 8
+
+
+def assert_same(a, b, tol=1e-4):
+    """Beliefs (or records) equal: same answers, probabilities to `tol`."""
+    assert len(a) == len(b)
+    diff = [(x.agent, x.subject, x.answer, y.answer) for x, y in zip(a, b) if x.answer != y.answer]
+    assert not diff, f"answers differ: {diff[:5]}"
+    worst = max(abs(p - q) for x, y in zip(a, b) for p, q in zip(x.probs, y.probs))
+    assert worst < tol, f"probabilities differ by up to {worst}"
+
+
+@pytest.fixture(scope="module")
+def placements(small_dir, small_world):
+    """The same 8 agents made on a local and on a population placement."""
+    local, pop = LocalPlacement.from_dir(small_dir), PopulationPlacement.from_dir(small_dir)
+    return (local, give_deltas(local, small_world, N)), (pop, give_deltas(pop, small_world, N))
+
+
+def _discussion(handles, world, seed=0):
+    queries = [world.query(p.name, rel) for p in world.people[:4] for rel in ("company", "birth_city")]
+    names = [h.name for h in handles]
+    return play(make_protocol("debate", {"rounds": 2}), handles, world, queries,
+                build_graph("complete", names, seed), seed,
+                make_agent=lambda name: handles[0].placement.spawn(name)
+                if name not in handles[0].placement.names() else handles[0].placement.handle(name))
+
+
+def test_population_holds_low_rank_deltas_where_they_are(placements):
+    (_, _), (pop, hs) = placements
+    kinds = {h.name: {k: isinstance(v, tuple) for k, v in pop.slots[h.name].delta.items()} for h in hs}
+    assert kinds["agent 0"] == {}                                                   # none
+    assert kinds["agent 1"] == {"model.layers.0.mlp.down_proj.weight": True}      # one ROME edit: rank 1
+    assert [v[0].shape[1] for v in pop.slots["agent 4"].delta.values()] == [2]     # two edits: rank 2
+    assert kinds["agent 2"] and all(kinds["agent 2"].values())                     # LoRA: rank 8 per module
+    assert not all(kinds["agent 3"].values())                                       # a full fine-tune is dense
+
+
+def test_local_and_population_give_the_same_beliefs_and_records(placements, small_world):
+    (local, hl), (pop, hp) = placements
+    qs = random.Random(0).sample(small_world.queries(), 30)
+    ctx = [claim(small_world.relations[q.relation], q.subject, q.candidates[1], "agent 5") for q in qs]
+    for contexts in (None, ctx):
+        a, b = all_beliefs(local, hl, qs, contexts), all_beliefs(pop, hp, qs, contexts)
+        assert_same([x for bs in a for x in bs], [x for bs in b for x in bs])
+    # the deltas matter: the changed agents answer differently from the unchanged ones
+    plain = {b.answer for b in all_beliefs(pop, hp[:1], qs)[0]}
+    assert any([b.answer for b in bs] != [b.answer for b in all_beliefs(pop, hp[:1], qs)[0]]
+               for bs in all_beliefs(pop, hp, qs)[1:]) and plain
+    assert_same(_discussion(hl, small_world), _discussion(hp, small_world))
+
+
+def test_an_agent_change_touches_only_its_own_delta(small_dir, small_world):
+    pop = PopulationPlacement.from_dir(small_dir)
+    check_placement(lambda: pop, small_world)
+
+
+def test_edit_memory_is_the_agents_own_and_is_saved(small_dir, small_world, tmp_path):
+    from tests.edit_helpers import known_requests
+    pop = PopulationPlacement.from_dir(small_dir)
+    a, b = pop.spawn("a"), pop.spawn("b")
+    reqs = known_requests(pop.handle("a"), small_world, 2, seed=3)
+    a.edit([reqs[0]], method="rome", world=small_world)
+    b.edit([reqs[1]], method="rome", world=small_world)
+    subjects = lambda n: {s for rows in pop.slots[n].state["edit_memory"].values() for s, _ in rows}
+    assert subjects("a") == {reqs[0].subject} and subjects("b") == {reqs[1].subject}
+    pop.save("a", tmp_path / "a")
+    snap = load_snapshot(tmp_path / "a")
+    assert {s for rows in snap.state["edit_memory"].values() for s, _ in rows} == {reqs[0].subject}
+    local = LocalPlacement.from_dir(small_dir)
+    h = local.load(tmp_path / "a")
+    qs = [r.query(small_world) for r in reqs] + small_world.queries()[:10]
+    assert_same(h.beliefs(qs), a.beliefs(qs))
+    assert h.beliefs(qs[:1])[0].answer == reqs[0].target
+    assert (tmp_path / "a").exists() and not (tmp_path / "a.tmp").exists()
+
+
+def test_an_agent_with_a_side_memory_keeps_its_own_model(small_dir, small_world, small_agent):
+    from tests.edit_helpers import known_requests
+    pop = PopulationPlacement.from_dir(small_dir)
+    w, plain = pop.spawn("wise"), pop.spawn("plain")
+    reqs = known_requests(small_agent, small_world, 1, seed=13)
+    w.edit(reqs, method="wise", world=small_world)
+    ref = small_agent.spawn("ref")
+    ref.edit(reqs, method="wise", world=small_world)
+    qs = [reqs[0].query(small_world)] + small_world.queries()[:10]
+    assert_same(w.beliefs(qs), ref.beliefs(qs))
+    assert_same(plain.beliefs(qs), small_agent.beliefs(qs))
+    with pytest.raises(PlacementError, match="'wise'.*modules changed"):
+        pop.save("wise", small_dir.parent / "never")
+
+
+def test_factor_keeps_exact_low_rank_and_dense_otherwise():
+    import torch
+    g = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(64, 48, generator=g), "n": torch.ones(48)}
+    u, v = torch.randn(64, 3, generator=g), torch.randn(3, 48, generator=g)
+    low = factor({"w": base["w"] + 0.01 * u @ v, "n": base["n"]}, base, max_rank=8)
+    assert set(low) == {"w"} and low["w"][0].shape == (64, 3)
+    assert (low["w"][0] @ low["w"][1] - 0.01 * u @ v).abs().max() < 1e-6
+    full = factor({"w": base["w"] + 0.01 * torch.randn(64, 48, generator=g), "n": base["n"] + 1}, base, max_rank=8)
+    assert not isinstance(full["w"], tuple) and torch.equal(full["n"], torch.ones(48))
+
+
+def test_bad_placements_are_refused_before_any_work(small_dir, tmp_path):
+    from evolution.run import run_experiment
+    from evolution.run_config import ConfigError
+    from tests.test_run import BASE
+    for placement, msg in [({"kind": "gpu"}, r"placement.kind: 'gpu'; use one of"),
+                           ({"kind": "vllm"}, "placement.kind: 'vllm' is not built yet"),
+                           ({"actors": 2}, "apply to kind 'ray' only"),
+                           ({"kind": "ray", "num_cpus": 0}, "placement.num_cpus: 0"),
+                           ({"kind": "ray", "actors": 0}, "placement.actors: 0"),
+                           ({"kind": "local", "max_rank": 0}, "placement.max_rank: 0"),
+                           ({"kind": "population", "dedicated": "yes"}, "placement.dedicated: 'yes' has the wrong type")]:
+        with pytest.raises(ConfigError, match=msg):
+            run_experiment({**BASE, "placement": placement}, tmp_path / "x", progress=False)
+        assert not (tmp_path / "x" / "config.yaml").exists()
+    with pytest.raises(ConfigError, match="placement cannot be swept"):
+        run_experiment({**BASE, "sweep": {"placement.kind": ["local", "population"]}}, tmp_path / "x", progress=False)
+    with pytest.raises(PlacementError, match="unknown kind"):
+        make_placement("gpu", small_dir)
+
+
+# -- Ray ----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_ray_actors_give_the_local_records_and_survive_a_killed_actor(ray_cluster, placements, small_dir, small_world):
+    from agents.ray_placement import RayPlacement
+    (local, hl), _ = placements
+    rp = RayPlacement(small_dir, actors=2)
+    try:
+        hr = give_deltas(rp, small_world, N)
+        assert sorted(set(rp.where.values())) == [0, 1]                 # the population is sharded
+        qs = random.Random(1).sample(small_world.queries(), 20)
+        want = [x for bs in all_beliefs(local, hl, qs) for x in bs]
+        assert_same(want, [x for bs in all_beliefs(rp, hr, qs) for x in bs])
+        assert_same(_discussion(hl, small_world), _discussion(hr, small_world))
+        pids = rp.pids()
+        ray_cluster.kill(rp.actors[1], no_restart=False)                # dies; Ray restarts it empty
+        assert_same(want, [x for bs in all_beliefs(rp, hr, qs) for x in bs])   # shard restored, asks re-sent
+        assert rp.pids()[1] != pids[1]
+        with pytest.raises(PlacementError, match="num_gpus: 1 per actor, but the Ray cluster has 0"):
+            RayPlacement(small_dir, num_gpus=1)
+    finally:
+        rp.close()
+
+
+def test_a_run_on_ray_writes_the_records_of_a_population_run(ray_cluster, small_dir, tmp_path):
+    from evolution.run import run_experiment
+    from tests.test_run import BASE
+    cfg = {**BASE, "agents": 3, "rounds": 1,
+           "queries": {"people": 2, "relations": ["company"], "who": "untaught"},
+           "knowledge": {"split": "partition", "texts_per_person": 2, "epochs": 5}}
+    pop = run_experiment(cfg, tmp_path / "p", progress=False)
+    on_ray = run_experiment({**cfg, "placement": {"kind": "ray", "actors": 2}}, tmp_path / "r", progress=False)
+    local = run_experiment({**cfg, "placement": {"kind": "local"}}, tmp_path / "l", progress=False)
+    for other in (on_ray, local):
+        assert list(other["answer"]) == list(pop["answer"])
+        worst = max(abs(p - q) for a, b in zip(pop["probs"], other["probs"]) for p, q in zip(a, b))
+        assert worst < 1e-4, worst
