@@ -253,7 +253,7 @@ KINDS = ("local", "population", "ray", "vllm")
 def make_placement(kind: str, model_dir: str | Path, device: str | None = None, batch_size: int = 128,
                    max_rank: int = 32, **ray_kw) -> Placement:
     """The placement `kind` on the model in `model_dir` (`ray_kw`: actors, dedicated, num_cpus,
-    num_gpus, address for kind 'ray')."""
+    num_gpus, address for kind 'ray'; max_loras, max_lora_rank, ... for kind 'vllm')."""
     if kind == "local":
         return LocalPlacement.from_dir(model_dir, device, batch_size, max_rank=max_rank)
     if kind == "population":
@@ -263,8 +263,8 @@ def make_placement(kind: str, model_dir: str | Path, device: str | None = None, 
         from agents.ray_placement import RayPlacement
         return RayPlacement(model_dir, device=device, batch_size=batch_size, max_rank=max_rank, **ray_kw)
     if kind == "vllm":
-        raise PlacementError("placement.kind: 'vllm' is not built yet (agents are scored through "
-                             "agents.vllm_backend.VllmScorer in tests only); use 'population' or 'ray'")
+        from agents.vllm_placement import VllmPlacement
+        return VllmPlacement(model_dir, batch_size=batch_size, max_rank=max_rank, **ray_kw)
     raise PlacementError(f"placement.kind: unknown kind {kind!r}; use one of {list(KINDS)}")
 
 

@@ -99,14 +99,29 @@ class RayPlacement(Placement):
         self._args = (str(model_dir), device or ("cuda" if use_gpus else "cpu"), batch_size, max_rank,
                       max(1, int(cpus)) if cpus >= 1 else 1)
         self._Shard = ray.remote(_Shard)
-        self.actors = [self._new_actor() for _ in range(n)]
+        self.ready_timeout = 300.0
+        self._fp = None
+        self.actors = []
+        for _ in range(n):
+            self.actors.append(self._new_actor())
         self.where: dict[str, int] = {}
         self.snaps: dict[str, Snapshot] = {}
         self.versions: dict[str, int] = {}
-        self._fp = ray.get(self.actors[0].ready.remote()) if self.actors else None
 
     def _new_actor(self):
-        return self._Shard.options(**self._opts).remote(*self._args)
+        """A started actor; an error (not a hang) when the cluster cannot place it."""
+        import ray
+        actor = self._Shard.options(**self._opts).remote(*self._args)
+        try:
+            fp = ray.get(actor.ready.remote(), timeout=self.ready_timeout)
+        except ray.exceptions.GetTimeoutError:
+            ray.kill(actor)
+            raise PlacementError(f"placement: a Ray actor ({self._opts['num_cpus']} CPU, {self._opts['num_gpus']} GPU) "
+                                 f"did not start within {self.ready_timeout:.0f} s; the cluster has "
+                                 f"{ray.available_resources()} free. Lower num_cpus/num_gpus or actors, or add "
+                                 "nodes") from None
+        self._fp = self._fp or fp
+        return actor
 
     # -- bookkeeping on the driver ----------------------------------------------------------------
     def names(self) -> list[str]:
@@ -128,10 +143,9 @@ class RayPlacement(Placement):
         return self._snap(name)
 
     def base_fingerprint(self) -> str:
-        if self._fp is None:
-            import ray
+        if self._fp is None:            # dedicated, before any agent: start the first agent's actor early
             self.actors.append(self._new_actor())
-            self._fp = ray.get(self.actors[-1].ready.remote())
+            self._spare = len(self.actors) - 1
         return self._fp
 
     def _kept(self, snap: Snapshot) -> None:
@@ -165,8 +179,11 @@ class RayPlacement(Placement):
     def spawn(self, name: str, persona: str = "neutral", parent: str | None = None) -> Handle:
         _check_new(self, name)
         if self.dedicated:
-            self.actors.append(self._new_actor())
-            i = len(self.actors) - 1
+            if getattr(self, "_spare", None) is not None:
+                i, self._spare = self._spare, None
+            else:
+                self.actors.append(self._new_actor())
+                i = len(self.actors) - 1
         else:
             counts = [0] * len(self.actors)
             for j in self.where.values():

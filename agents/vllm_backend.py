@@ -35,11 +35,26 @@ class VllmScorer:
         self.llm = LLM(model=str(model_dir), dtype="float32", max_model_len=max_model_len,
                        gpu_memory_utilization=memory_share, enforce_eager=True, seed=seed,
                        trust_remote_code=False, kv_cache_memory_bytes=kv_cache_bytes, **engine_kw)
+        self._lora_ids: set[int] = set()     # ids this engine has been given: each names one adapter for good
+
+    def new_lora_id(self) -> int:
+        """An adapter id this engine has not seen (a reused id serves the old adapter's weights)."""
+        i = max(self._lora_ids, default=0) + 1
+        self._lora_ids.add(i)
+        return i
 
     def candidate_logprobs(self, prompts: list[str], candidates: list[tuple[str, ...]], lora_request=None):
+        """`lora_request`: one for all prompts, or a list with one per prompt (None: the base)."""
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
-        seqs, starts, _ = pair_sequences(self.tokenizer, prompts, candidates)
+        seqs, starts, owner = pair_sequences(self.tokenizer, prompts, candidates)
+        for r in lora_request if isinstance(lora_request, list) else [lora_request]:
+            if r is not None:
+                self._lora_ids.add(r.lora_int_id)
+        if isinstance(lora_request, list):
+            if len(lora_request) != len(prompts):
+                raise ValueError(f"lora_request: {len(lora_request)} for {len(prompts)} prompts; give one per prompt")
+            lora_request = [lora_request[i] for i in owner]
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, detokenize=False)
         outs = self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in seqs], params,
                                  lora_request=lora_request, use_tqdm=False)

@@ -81,12 +81,34 @@ def ceiling(model, tok, asks, batch) -> float:
     return timed(run)
 
 
+def tensor_bytes(ts) -> int:
+    seen, total = set(), 0
+    for t in ts:
+        if isinstance(t, torch.Tensor) and t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def held_bytes(placement) -> int:
+    """Bytes of the tensors the placement holds (RSS is no measure here: freed memory of an
+    earlier size is reused)."""
+    if isinstance(placement, LocalPlacement):
+        ts = [t for a in placement.agents.values() for t in a.model.state_dict().values()]
+        return tensor_bytes(ts + list(placement.root.base.values()) + list(placement.root.model.state_dict().values()))
+    ts = list(placement.model.state_dict().values()) + list(placement.base.values())
+    for s in placement.slots.values():
+        for v in s.delta.values():
+            ts += list(v) if isinstance(v, tuple) else [v]
+    for pk in (placement._packs or {}).values():
+        ts += [pk[k] for k in ("A", "B") if k in pk] + [t for d in pk["dense"].values() for t in d.values()]
+    return tensor_bytes(ts)
+
+
 def filled(placement, snaps):
-    before = rss()
     for s in snaps:
         placement.restore(s)
-    gc.collect()
-    return (rss() - before) / len(snaps)
+    return placement
 
 
 def main():
@@ -109,17 +131,20 @@ def main():
     ray = None
     if not args.no_ray:
         import ray
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        # 3 logical CPUs: the 2 sharded actors (1 each) and the dedicated ones (0.01 each) coexist;
+        # they run one at a time, on the machine's 2 cores
+        ray.init(num_cpus=3, include_dashboard=False, log_to_driver=False)
         from agents.ray_placement import RayPlacement
     rows = []
     for n in sizes:
         snaps = rank8_snapshots(bare.model, n)
-        pop = PopulationPlacement.from_dir(path, "cpu", args.batch)
-        mem = {"population": filled(pop, snaps)}
+        pop = filled(PopulationPlacement.from_dir(path, "cpu", args.batch), snaps)
+        pop.beliefs_many(asks_for(world, n, 1))                          # builds the stacked factors
+        mem = {"population": held_bytes(pop) / n}
         local = None
         if n <= args.local_max:
-            local = LocalPlacement.from_dir(path, "cpu", args.batch)
-            mem["local"] = filled(local, snaps)
+            local = filled(LocalPlacement.from_dir(path, "cpu", args.batch), snaps)
+            mem["local"] = held_bytes(local) / n
         rp = dp = None
         if ray is not None:
             rp = RayPlacement(path, actors=2, batch_size=args.batch)
@@ -147,7 +172,8 @@ def main():
             for kind, secs in t.items():
                 rows.append({"agents": n, "queries/agent": q, "placement": kind, "queries/s": total / secs,
                              "s per round": secs, "x ceiling time": secs / t["ceiling (bare forward)"],
-                             "MiB per agent": mem.get(kind, float("nan")) / 2**20})
+                             "MiB per agent": mem.get(kind, float("nan")) / 2**20,
+                             "driver RSS GiB": rss() / 2**30})
             print(pd.DataFrame(rows[-len(t):]).to_string(index=False, float_format=lambda x: f"{x:.3g}"), flush=True)
         for p in (rp, dp):
             if p is not None:
@@ -173,8 +199,10 @@ def main():
     body = (md_table(df, ".3g") + "\n\nEvery agent carries its own random rank-8 delta on every MLP matrix (a "
             "LoRA-sized change); each agent is asked its own queries, alone, in one `beliefs_many` call. "
             "`ceiling`: the bare batched forward of the same packed rows on the base model, no deltas. `MiB per "
-            "agent`: resident memory added per agent (local, population: this process; ray: the actors' processes "
-            "over the agents, base model included). Ray runs on the 2 cores of this machine: its actors share them "
+            "agent`: local and population: the bytes of the tensors the placement holds (base model, deltas, stacked "
+            "factors; local: a model per agent) over the agents; ray: the resident memory of the actor processes "
+            "over the agents (Python, torch and the base model in each actor included). `driver RSS`: this "
+            "process, every placement of that size alive. Ray runs on the 2 cores of this machine: its actors share them "
             "with each other, so it cannot beat one process here; it is for spreading a population over devices "
             "and machines.\n\nHow the cost grows with the share of agents that carry a delta (128 agents, 16 "
             "queries each):\n\n" + md_table(g, ".3g") + f"\n\nTotal {time.time() - t0:.0f} s.")

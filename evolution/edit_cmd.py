@@ -56,6 +56,23 @@ def json_safe(x):
     return x
 
 
+def _write_outputs(agent, args, result, src: Path, out: Path, adapter_tmp: Path | None) -> None:
+    if adapter_tmp is not None:   # first: an adapter that cannot be written (a WISE edit has no delta) stops here
+        from evolution.adapters import export_adapter
+        result["adapter"] = export_adapter(agent, adapter_tmp, rank=args.rank).to_dict()
+        result["adapter"]["path"] = str(args.adapter)
+    agent.save(out)
+    from evolution.wise.memory import side_memory_of
+    if side_memory_of(agent.model) is not None:   # WISE edits live in the side memory, not the weights
+        from evolution.wise.persist import save_side_memory
+        save_side_memory(agent, out)
+        result["side_memory"] = "wise.safetensors (load with evolution.wise.persist.load_side_memory)"
+    for extra in ("world.json", "knowevo.json"):
+        if (src / extra).is_file():
+            shutil.copyfile(src / extra, out / extra)
+    (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2, default=str, allow_nan=False))
+
+
 def cmd_edit(args) -> int:
     from agents.agent import Agent
     from agents.methods import editor
@@ -64,9 +81,10 @@ def cmd_edit(args) -> int:
     editor(args.method)                       # unknown method: error before any work
     hp = parsed_sets(args.set)
     requests = read_requests(args.requests)
-    src, out = Path(args.model), Path(args.out)
-    if out.exists() and any(out.iterdir()):
-        raise ValueError(f"--out {str(out)!r} exists and is not empty; give a new directory")
+    from evolution.outputs import check_new_dir, publish, staging
+    src, out = Path(args.model), check_new_dir(args.out, "--out")
+    if args.adapter:
+        check_new_dir(args.adapter, "--adapter")
     agent = Agent.from_dir(src)
     world_file = Path(args.world) if args.world else src / "world.json"
     if args.world and not world_file.is_file():
@@ -85,19 +103,19 @@ def cmd_edit(args) -> int:
         metrics.update(evaluate_edits(agent, world, requests, before=baseline))
     result = {"method": args.method, "model": str(src), "hparams": hp, "report": report.to_dict(),
               "metrics": metrics, "requests": [r.to_dict() for r in requests]}
-    if args.adapter:   # first: an adapter that cannot be written (a WISE edit has no delta) stops here
-        from evolution.adapters import export_adapter
-        result["adapter"] = export_adapter(agent, args.adapter, rank=args.rank).to_dict()
-    agent.save(out)
-    from evolution.wise.memory import side_memory_of
-    if side_memory_of(agent.model) is not None:   # WISE edits live in the side memory, not the weights
-        from evolution.wise.persist import save_side_memory
-        save_side_memory(agent, out)
-        result["side_memory"] = "wise.safetensors (load with evolution.wise.persist.load_side_memory)"
-    for extra in ("world.json", "knowevo.json"):
-        if (src / extra).is_file():
-            shutil.copyfile(src / extra, out / extra)
-    (out / "metrics.json").write_text(json.dumps(json_safe(result), indent=2, default=str, allow_nan=False))
+    final, out = out, staging(out)      # both dirs are filled aside and renamed into place at the end
+    adapter_tmp = staging(args.adapter) if args.adapter else None
+    try:
+        _write_outputs(agent, args, result, src, out, adapter_tmp)
+    except BaseException:
+        for tmp in (out, adapter_tmp):
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    publish(out, final)
+    if args.adapter:
+        publish(adapter_tmp, args.adapter)
+    out = final
     shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
     print(f"edited {len(requests)} fact(s) with {args.method} in {report.seconds:.1f}s "
           f"(layers {report.layers}); model written to {out}\n{json.dumps(shown)}")

@@ -22,6 +22,7 @@ from agents.delta import is_snapshot
 from agents.placement import Handle, Placement, PlacementError, make_placement
 from agents.pretrain import PretrainConfig, bio_text, pretrained_dir, sample_texts
 from envs.world import World
+from evolution.outputs import OutputError, check_writable
 from evolution.run_config import ConfigError, RunConfig, load, parse, people_pool, pretrain_config
 from protocols.base import Board, keyed_rng
 from protocols.session import play, posted_claim, records_frame, records_from_frame
@@ -108,8 +109,8 @@ def build_agents(cfg: RunConfig, placement: Placement, model_dir: Path, world: W
 
 def placement_for(cfg: RunConfig, model_dir: Path) -> Placement:
     p = cfg.placement
-    kw = dict(actors=p.actors, dedicated=p.dedicated, num_cpus=p.num_cpus, num_gpus=p.num_gpus) \
-        if p.kind == "ray" else {}
+    kw = {"ray": dict(actors=p.actors, dedicated=p.dedicated, num_cpus=p.num_cpus, num_gpus=p.num_gpus),
+          "vllm": dict(max_loras=p.max_loras, max_lora_rank=p.max_lora_rank)}.get(p.kind, {})
     try:
         return make_placement(p.kind, model_dir, p.device or cfg.device, cfg.batch_size, p.max_rank, **kw)
     except PlacementError as e:
@@ -119,6 +120,31 @@ def placement_for(cfg: RunConfig, model_dir: Path) -> Placement:
 # -- records on disk ----------------------------------------------------------------------------
 def _parts(out: Path, point: int) -> list[Path]:
     return sorted((out / "parts").glob(f"{point:03d}-*.parquet"))
+
+
+def finished_records(out: Path, point: int) -> list:
+    """The records of the point's finished rounds, checked: parts for rounds 0..k with none
+    missing, each readable and holding its own round. A problem stops the run with the file
+    and the way to recover (delete it and the later parts: those rounds are redone)."""
+    files = _parts(out, point)
+    rounds = [int(f.stem.split("-")[1]) for f in files]
+    redo = lambda r: ", ".join(f.name for f, x in zip(files, rounds) if x >= r)
+    for want, got in enumerate(rounds):
+        if got != want:
+            raise OutputError(f"{str(out / 'parts')!r}: round {want}'s part ({point:03d}-{want:04d}.parquet) is "
+                              f"missing but later rounds are there; delete {redo(want)} and rerun to redo them")
+    records = []
+    for f, r in zip(files, rounds):
+        try:
+            got = records_from_frame(pd.read_parquet(f))
+        except Exception as e:   # pyarrow raises several kinds for a damaged file
+            raise OutputError(f"{str(f)!r} cannot be read ({type(e).__name__}: {str(e)[:120]}); delete "
+                              f"{redo(r)} and rerun to redo those rounds") from None
+        if not got or any(x.round != r for x in got):
+            raise OutputError(f"{str(f)!r} does not hold round {r}'s records; delete {redo(r)} and rerun to redo "
+                              "those rounds")
+        records += got
+    return records
 
 
 def _write_part(out: Path, point: int, rnd: int, records) -> None:
@@ -153,8 +179,7 @@ def run_experiment(config, out_dir, sets: list[str] | None = None, progress: boo
     """Run (or resume) the experiment of `config` (a YAML path, a mapping or a RunConfig)
     into `out_dir`; the belief records of every sweep point and round."""
     raw, cfg, points, _ = load(config, sets)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_writable(out_dir, "out")
     now = cfg.to_dict()
     saved = out / "config.yaml"
     if saved.exists():
@@ -187,7 +212,7 @@ def _run_points(cfg: RunConfig, points, placement: Placement, model_dir: Path, o
     for i, (label, pcfg) in enumerate(points):
         queries = sample_queries(pcfg, world)
         protocol = pcfg.protocol_obj()
-        done = [r for f in _parts(out, i) for r in records_from_frame(pd.read_parquet(f))]
+        done = finished_records(out, i)
         tag = f"[{label}] " if label else ""
         if _finished(protocol, pcfg, world, queries, done):
             say(f"{tag}done before: {len(done)} records")

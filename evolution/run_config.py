@@ -50,13 +50,15 @@ class KnowledgeConfig:
 @dataclass
 class PlacementConfig:
     """Where the agents live (agents/placement.py); records do not depend on it."""
-    kind: str = "population"         # local | population | ray | vllm (not built yet)
+    kind: str = "population"         # local | population | ray | vllm
     actors: int | None = None        # ray: actors (default one per device)
     dedicated: bool = False          # ray: one actor per agent (for comparison)
     num_cpus: float | None = None    # ray: CPUs per actor (default 1; dedicated 0.01)
     num_gpus: float = 0.0            # ray: GPUs per actor (fractions allowed; default 1 when the cluster has GPUs)
     device: str | None = None        # default: the run's `device`
     max_rank: int = 32               # deltas of higher rank are kept dense
+    max_loras: int = 4               # vllm: adapters in one batch
+    max_lora_rank: int = 8           # vllm: the largest adapter rank served
 
 
 @dataclass
@@ -104,7 +106,8 @@ KINDS = {"name": str, "seed": int, "model": str, "pretrain": dict, "agents": int
          "knowledge.epochs": int, "knowledge.lr": (float, int), "knowledge.replay": (float, int),
          "placement.kind": str, "placement.actors": (int, type(None)), "placement.dedicated": bool,
          "placement.num_cpus": (float, int, type(None)), "placement.num_gpus": (float, int),
-         "placement.device": (str, type(None)), "placement.max_rank": int}
+         "placement.device": (str, type(None)), "placement.max_rank": int, "placement.max_loras": int,
+         "placement.max_lora_rank": int}
 
 
 def apply_sets(raw: dict, pairs: list[str]) -> dict:
@@ -251,15 +254,20 @@ def _check_placement(p: PlacementConfig) -> None:
     if p.kind not in kinds:
         raise ConfigError(f"placement.kind: {p.kind!r}; use one of {list(kinds)}")
     if p.kind == "vllm":
-        raise ConfigError("placement.kind: 'vllm' is not built yet; use 'population' (the default) or 'ray'")
+        try:
+            import vllm  # noqa: F401
+        except ImportError:
+            raise ConfigError("placement.kind: 'vllm' needs vLLM: pip install -e .[serve-cpu] on CPU, "
+                              "pip install vllm on GPU") from None
     if p.actors is not None and p.actors < 1:
         raise ConfigError(f"placement.actors: {p.actors}; give at least 1, or leave it out (one per device)")
     if p.num_cpus is not None and not p.num_cpus > 0:
         raise ConfigError(f"placement.num_cpus: {p.num_cpus}; give a number > 0 (fractions allowed)")
     if not p.num_gpus >= 0:
         raise ConfigError(f"placement.num_gpus: {p.num_gpus}; give a number >= 0 (fractions allowed)")
-    if p.max_rank < 1:
-        raise ConfigError(f"placement.max_rank: {p.max_rank}; give at least 1")
+    for key in ("max_rank", "max_loras", "max_lora_rank"):
+        if getattr(p, key) < 1:
+            raise ConfigError(f"placement.{key}: {getattr(p, key)}; give at least 1")
     if p.kind != "ray" and (p.actors is not None or p.dedicated or p.num_cpus is not None or p.num_gpus):
         raise ConfigError(f"placement: actors, dedicated, num_cpus and num_gpus apply to kind 'ray' only, "
                           f"not {p.kind!r}; set placement.kind=ray or drop them")
@@ -334,6 +342,12 @@ def load(source, sets: list[str] | None = None) -> tuple[dict, RunConfig, list[t
     cfg = parse(raw)
     points = expand(cfg, raw)
     world = world_for(cfg)
+    if cfg.sweep:     # keys the sweep sets are still checked as written
+        try:
+            check(parse({k: v for k, v in raw.items() if k != "sweep"}), world)
+        except ConfigError as e:
+            raise ConfigError(f"{e} (in the config as written; the sweep sets other values, but this one must "
+                              "be valid too)") from None
     for label, point in points:
         if point.model != cfg.model or point.pretrain != cfg.pretrain or point.placement != cfg.placement:
             raise ConfigError(f"sweep ({label}): model, pretrain and placement cannot be swept; run one config "

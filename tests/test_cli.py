@@ -92,9 +92,12 @@ def test_edit_command_refuses_bad_input_and_writes_nothing(tmp_path, small_dir, 
     _write_requests(tmp_path / "current.jsonl", [reqs[0], replace(reqs[1], target=current)])
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "keep.txt").write_text("x")
-    cases = [(["--method", "rom", "--requests", "ok.jsonl", "--out", "o"], "unknown edit method 'rom'"),
+    (tmp_path / "afile").write_text("x")
+    cases = [(["--requests", "ok.jsonl", "--out", "o", "--adapter", "afile/ad"], "--adapter: .*afile.* cannot be written"),
+             (["--requests", "ok.jsonl", "--out", "afile/o"], "--out: .*afile.* cannot be written"),
+(["--method", "rom", "--requests", "ok.jsonl", "--out", "o"], "unknown edit method 'rom'"),
              (["--requests", "current.jsonl", "--out", "o"], f"request 1 .*already answers '{current}'"),
-             (["--requests", "ok.jsonl", "--out", "full"], "--out .*full.* exists and is not empty"),
+             (["--requests", "ok.jsonl", "--out", "full"], "--out: .*full.* exists and is not empty"),
              (["--requests", "missing.jsonl", "--out", "o"], "missing.jsonl.* does not exist")]
     for extra, msg in cases:
         args = [a if a.startswith("-") or a == "rom" else str(tmp_path / a) for a in extra]
@@ -116,6 +119,7 @@ def test_edit_command_keeps_a_wise_side_memory_and_refuses_its_adapter(tmp_path,
     # a side memory is no weight delta: asking for an adapter is refused, and nothing is written
     assert main(base + ["--out", str(tmp_path / "a"), "--adapter", str(tmp_path / "ad")]) == 2
     assert "no delta" in capsys.readouterr().err and not (tmp_path / "a").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["req.jsonl"]     # no half-written dir left
     assert main(base + ["--out", str(tmp_path / "w")]) == 0
     out = tmp_path / "w"
     assert (out / "wise.safetensors").is_file() and "side_memory" in json.loads((out / "metrics.json").read_text())

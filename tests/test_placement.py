@@ -126,7 +126,7 @@ def test_bad_placements_are_refused_before_any_work(small_dir, tmp_path):
     from evolution.run_config import ConfigError
     from tests.test_run import BASE
     for placement, msg in [({"kind": "gpu"}, r"placement.kind: 'gpu'; use one of"),
-                           ({"kind": "vllm"}, "placement.kind: 'vllm' is not built yet"),
+                           ({"kind": "vllm", "max_lora_rank": 0}, "placement.max_lora_rank: 0"),
                            ({"actors": 2}, "apply to kind 'ray' only"),
                            ({"kind": "ray", "num_cpus": 0}, "placement.num_cpus: 0"),
                            ({"kind": "ray", "actors": 0}, "placement.actors: 0"),

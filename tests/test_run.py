@@ -155,3 +155,28 @@ def test_shipped_configs_are_valid():
         assert len(pts) == points and cfg.model == "default"
     _, _, pts, _ = load("configs/asch.yaml")
     assert [p.params["confederates"] for _, p in pts] == list(range(7))
+
+
+def test_resume_refuses_missing_or_damaged_rounds_and_says_how_to_recover(first_run, tmp_path):
+    from evolution.outputs import OutputError
+    src, _ = first_run
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    parts = sorted((out / "parts").glob("*.parquet"))
+    parts[1].unlink()                                   # a middle round's part deleted
+    with pytest.raises(OutputError, match=r"round 1's part \(000-0001.parquet\) is missing.*delete 000-0002.parquet"):
+        run_experiment(BASE, out, progress=False)
+    parts[2].unlink()                                   # as told: rounds 1 and 2 are redone
+    pd.testing.assert_frame_equal(run_experiment(BASE, out, progress=False), first_run[1])
+    parts[1].write_bytes(parts[1].read_bytes()[:100])   # a truncated part
+    with pytest.raises(OutputError, match=r"000-0001.parquet' cannot be read.*delete 000-0001.parquet, 000-0002.parquet"):
+        run_experiment(BASE, out, progress=False)
+
+
+def test_unwritable_out_and_invalid_keys_under_a_sweep_fail_before_any_work(tmp_path, capsys):
+    (tmp_path / "afile").write_text("x")
+    assert main(["configs/debate.yaml", "--out", str(tmp_path / "afile" / "run"), "--quiet"]) == 2
+    assert "out: " in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"graph.kind: unknown graph .rnig.*as written"):
+        run_experiment({**BASE, "graph": "rnig", "sweep": {"graph": ["ring", "star"]}}, tmp_path / "s", progress=False)
+    assert not (tmp_path / "s" / "config.yaml").exists()

@@ -17,7 +17,7 @@ def scorer(small_dir):
     from agents.vllm_backend import VllmScorer
     # one engine for both tests; without a LoRARequest it scores the bare base weights.
     # DESIGN.md: on CPU, prompt log-probs with LoRA need lora_target_modules=["down_proj"]
-    return VllmScorer(small_dir, enable_lora=True, max_lora_rank=8, max_loras=2,
+    return VllmScorer(small_dir, enable_lora=True, max_lora_rank=8, max_loras=4, max_cpu_loras=8,
                       lora_target_modules=["down_proj"])
 
 
@@ -52,3 +52,39 @@ def test_exported_edits_serve_as_a_vllm_lora(tmp_path, scorer, small_agent, smal
     assert_same_beliefs(agent.beliefs(queries), scorer.beliefs(queries, lora_request=lora))
     # the same engine without the adapter still answers as the base model
     assert_same_beliefs(small_agent.beliefs(edited), scorer.beliefs(edited))
+
+
+def test_the_vllm_placement_serves_each_agent_as_its_adapter(scorer, small_dir, small_agent, small_world):
+    """4 agents with different ROME edits (and one with none) on one engine, one call: the same
+    argmax as the population placement; agents vLLM cannot serve are refused by name."""
+    require_vllm()
+    from agents.placement import Ask, PlacementError
+    from agents.population import PopulationPlacement
+    from agents.vllm_placement import VllmPlacement
+    vp = VllmPlacement(small_dir, max_lora_rank=8, scorer=scorer)
+    pop = PopulationPlacement.from_dir(small_dir)
+    try:
+        reqs = known_requests(small_agent, small_world, 4, seed=5)
+        for p in (vp, pop):
+            for i in range(5):
+                h = p.spawn(f"agent {i}")
+                if i < 4:
+                    h.edit([reqs[i]], method="rome", world=small_world)
+        queries = [r.query(small_world) for r in reqs] + random.Random(2).sample(small_world.queries(), 20)
+        asks = [Ask(f"agent {i}", queries) for i in range(5)]
+        got, want = vp.beliefs_many(asks), pop.beliefs_many(asks)
+        for i in range(5):
+            assert_same_beliefs(want[i], got[i])
+        landed = sum(got[i][i].answer == r.target for i, r in enumerate(reqs))   # each agent its own edit
+        assert landed >= 3, f"{landed} of 4 edits landed (ROME's single-edit reliability is ~.96)"
+        assert [b.answer for b in got[4][:4]] == [b.answer for b in small_agent.beliefs(queries[:4])]  # unedited
+        v = vp.version("agent 0")
+        for p in (vp, pop):                                              # a changed agent, a new adapter
+            p.edit("agent 0", [reqs[1]], method="rome", world=small_world)
+        assert vp._adapter("agent 0").lora_int_id != vp._adapters[("agent 0", v)].lora_int_id
+        assert_same_beliefs(pop.beliefs_many(asks[:1])[0], vp.beliefs_many(asks[:1])[0])
+        vp.learn("agent 1", [f"{q.prompt} {q.truth}" for q in queries[4:8]], "lora", epochs=1, rank=4)
+        with pytest.raises(PlacementError, match="agent 'agent 1': its delta changes .*q_proj"):
+            vp.beliefs_many([Ask("agent 1", queries[:2])])
+    finally:
+        vp.close()
