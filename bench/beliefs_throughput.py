@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
 
 import pandas as pd
 import torch
@@ -19,17 +18,9 @@ from agents.pretrain import PretrainConfig, pretrained_dir
 from agents.records import prompts_with_context
 from agents.scoring import (_mask_dtype, candidate_logprobs, packed_rows, padded_batches, pair_logprobs,
                             pair_sequences, score_packed)
-from bench.common import md_table, write_section
+from bench.common import md_table, timed, write_section
 from envs.world import World, claim
 
-
-def timed(fn, repeat=3):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def peer_context(world, queries, seed=0):
@@ -72,10 +63,10 @@ def main():
         new = candidate_logprobs(model, tok, prompts, cands, bs)
         old = pair_logprobs(model, tok, prompts, cands, bs)
         err = max((a - b).abs().max().item() for a, b in zip(new, old))
-        t_old = timed(lambda: pair_logprobs(model, tok, prompts, cands, bs))
-        t_new = timed(lambda: candidate_logprobs(model, tok, prompts, cands, bs))
-        t_old_c = timed(lambda: bare_pairs(model, seqs, tok.pad_token_id, bs, device))
-        t_new_c = timed(lambda: bare_packed(model, packed, tok.pad_token_id, bs, device))
+        t_old = timed(lambda: pair_logprobs(model, tok, prompts, cands, bs), 3)
+        t_new = timed(lambda: candidate_logprobs(model, tok, prompts, cands, bs), 3)
+        t_old_c = timed(lambda: bare_pairs(model, seqs, tok.pad_token_id, bs, device), 3)
+        t_new_c = timed(lambda: bare_packed(model, packed, tok.pad_token_id, bs, device), 3)
         k = args.single
         t_one = timed(lambda: [agent.beliefs([q], context=None if context is None else context[i])
                                for i, q in enumerate(queries[:k])], 1) / k

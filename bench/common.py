@@ -35,5 +35,15 @@ def write_section(key: str, title: str, body: str) -> None:
     print(f"\n[written to {DOC.relative_to(ROOT)} § {title}]")
 
 
+def timed(fn, repeat: int = 2) -> float:
+    """Best wall time of `repeat` calls (the least disturbed by a noisy machine)."""
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def md_table(df, floatfmt: str = ".3f") -> str:
     return df.to_markdown(floatfmt=floatfmt)

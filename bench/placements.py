@@ -25,7 +25,7 @@ from agents.population import PopulationPlacement
 from agents.pretrain import PretrainConfig, pretrained_dir
 from agents.records import prompts_with_context
 from agents.scoring import _mask_dtype, packed_rows, score_packed
-from bench.common import md_table, write_section
+from bench.common import md_table, timed, write_section
 from envs.world import World
 
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -51,14 +51,6 @@ def rank8_snapshots(model, n: int, share: float = 1.0, rank: int = 8, seed: int 
 def rss() -> int:
     return psutil.Process(os.getpid()).memory_info().rss
 
-
-def timed(fn, repeat=2):
-    best = float("inf")
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def asks_for(world, n_agents: int, per_agent: int, seed: int = 0) -> list[Ask]:
