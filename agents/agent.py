@@ -14,7 +14,7 @@ import torch
 
 from agents.checkpoint import load_model_dir
 from agents.records import Belief, beliefs_from_scores, prompts_with_context
-from agents.scoring import candidate_logprobs
+from agents.scoring import candidate_logprobs, text_nll
 from envs.facts import Query
 
 
@@ -57,6 +57,12 @@ class Agent:
         scores = candidate_logprobs(self.model, self.tokenizer, prompts, [q.candidates for q in queries],
                                     self.batch_size)
         return beliefs_from_scores(queries, contexts, scores, self.name, **fields)
+
+    @torch.inference_mode()
+    def nll(self, texts: list[str], batch_size: int = 32) -> tuple[float, int]:
+        """(summed next-token NLL, tokens) over `texts`: what perplexity is made of."""
+        fwd = lambda idx, ids, mask: self.model(input_ids=ids, attention_mask=mask).logits
+        return text_nll(fwd, self.tokenizer, texts, batch_size, self.device)
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], max_new_tokens: int = 12) -> list[str]:

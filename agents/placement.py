@@ -63,6 +63,9 @@ class Handle:
     def generate(self, prompts: list[str], max_new_tokens: int = 12) -> list[str]:
         return self.placement.generate_many([(self.name, list(prompts))], max_new_tokens)[0]
 
+    def nll(self, texts: list[str], batch_size: int = 32) -> tuple[float, int]:
+        return self.placement.nll_many([(self.name, list(texts))], batch_size)[0]
+
     def edit(self, requests, method: str, **hparams):
         return self.placement.edit(self.name, requests, method, **hparams)
 
@@ -99,6 +102,10 @@ class Placement:
         raise NotImplementedError
 
     def generate_many(self, asks: list[tuple[str, list[str]]], max_new_tokens: int = 12) -> list[list[str]]:
+        raise NotImplementedError
+
+    def nll_many(self, asks: list[tuple[str, list[str]]], batch_size: int = 32) -> list[tuple[float, int]]:
+        """Per (agent, texts): (summed next-token NLL, tokens), for perplexity."""
         raise NotImplementedError
 
     def spawn(self, name: str, persona: str = "neutral", parent: str | None = None) -> Handle:
@@ -195,6 +202,9 @@ class LocalPlacement(Placement):
 
     def generate_many(self, asks, max_new_tokens: int = 12):
         return [self._agent(n).generate(p, max_new_tokens) for n, p in asks]
+
+    def nll_many(self, asks, batch_size: int = 32):
+        return [self._agent(n).nll(t, batch_size) for n, t in asks]
 
     def spawn(self, name: str, persona: str = "neutral", parent: str | None = None) -> Handle:
         _check_new(self, name)

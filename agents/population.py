@@ -30,10 +30,10 @@ from torch.func import functional_call
 
 from agents.agent import Agent, pick_device
 from agents.checkpoint import load_model_dir
-from agents.delta import LowRank, Snapshot, dense, factor, fingerprint
+from agents.delta import Snapshot, dense, factor, fingerprint
 from agents.placement import Ask, Handle, Placement, PlacementError, _check_new, structure
 from agents.records import beliefs_from_scores, prompts_with_context
-from agents.scoring import _mask_dtype, candidate_logprobs, packed_rows, score_packed
+from agents.scoring import _mask_dtype, candidate_logprobs, packed_rows, score_packed, text_nll
 
 
 @dataclass
@@ -215,7 +215,7 @@ class PopulationPlacement(Placement):
 
     # -- answering -------------------------------------------------------------------------------
     def beliefs_many(self, asks: list[Ask]) -> list[list]:
-        items, keys, owners = [], {}, []        # distinct (state key, prompt, candidates) -> item index
+        items, keys = [], {}                    # distinct (state key, prompt, candidates) -> item index
         per_ask = []
         for a in asks:
             s = self._slot(a.agent)
@@ -275,6 +275,22 @@ class PopulationPlacement(Placement):
                                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
                 texts.append(tok.decode(ids[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
             out.append(texts)
+        return out
+
+    def nll_many(self, asks: list[tuple[str, list[str]]], batch_size: int = 32) -> list[tuple[float, int]]:
+        out = []
+        for name, texts in asks:
+            s = self._slot(name)
+            if s.solo is not None:
+                out.append(s.solo.nll(texts, batch_size))
+                continue
+            ids = torch.full((len(texts),), s.id if s.delta else 0, dtype=torch.long)
+
+            def forward(idx, input_ids, mask):
+                with self._rows_of(ids[idx]):
+                    return self.model(input_ids=input_ids, attention_mask=mask).logits
+            with torch.inference_mode():
+                out.append(text_nll(forward, self.tokenizer, texts, batch_size, self.device))
         return out
 
     # -- the hooks -------------------------------------------------------------------------------

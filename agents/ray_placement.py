@@ -40,6 +40,9 @@ class _Shard:
     def generate_many(self, asks, max_new_tokens):
         return self.p.generate_many(asks, max_new_tokens)
 
+    def nll_many(self, asks, batch_size):
+        return self.p.nll_many(asks, batch_size)
+
     def spawn(self, name, persona):
         self.p.spawn(name, persona)
         return self.p.snapshot(name)
@@ -249,6 +252,9 @@ class RayPlacement(Placement):
 
     def generate_many(self, asks, max_new_tokens: int = 12):
         return self._scatter("generate_many", asks, lambda a: a[0], max_new_tokens)
+
+    def nll_many(self, asks, batch_size: int = 32):
+        return self._scatter("nll_many", asks, lambda a: a[0], batch_size)
 
     def pids(self) -> list[int]:
         import ray

@@ -134,6 +134,21 @@ def score_packed(forward: Callable, rows: list[PackedRow], pad_id: int, batch_si
     return out
 
 
+def text_nll(forward: Callable, tokenizer, texts: list[str], batch_size: int, device) -> tuple[float, int]:
+    """(summed next-token NLL, tokens scored) over every token of `texts` after the first.
+    `forward(idx, input_ids, attention_mask)` returns logits (`idx`: the texts of the batch)."""
+    total, count = 0.0, 0
+    for i in range(0, len(texts), batch_size):
+        idx = list(range(i, min(i + batch_size, len(texts))))
+        enc = tokenizer([texts[j] for j in idx], return_tensors="pt", padding=True).to(device)
+        logits = forward(idx, enc.input_ids, enc.attention_mask)[:, :-1].float()
+        labels, mask = enc.input_ids[:, 1:], enc.attention_mask[:, 1:].bool()
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
+        total += float(nll[mask].sum())
+        count += int(mask.sum())
+    return total, count
+
+
 def unique_asks(prompts: list[str], candidates: list[tuple[str, ...]]):
     """(distinct (prompt, candidates) pairs, index of each ask's pair)."""
     seen: dict[tuple, int] = {}

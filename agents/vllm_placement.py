@@ -82,6 +82,9 @@ class VllmPlacement(Placement):
     def generate_many(self, asks, max_new_tokens: int = 12):
         return self.pop.generate_many(asks, max_new_tokens)
 
+    def nll_many(self, asks, batch_size: int = 32):
+        return self.pop.nll_many(asks, batch_size)
+
     # -- serving ----------------------------------------------------------------------------------
     def servable(self, name: str) -> None:
         """Raises PlacementError (naming the agent and why) if vLLM cannot serve this agent."""

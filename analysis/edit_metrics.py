@@ -23,7 +23,6 @@ import random
 from dataclasses import dataclass, field
 
 import pandas as pd
-import torch
 
 from agents.records import to_frame
 from envs.facts import Query
@@ -107,21 +106,11 @@ def heldout_bios(world: World, requests, n: int = 50, seed: int = 0) -> list[str
 
 
 # -- measurements ----------------------------------------------------------------------------
-@torch.inference_mode()
 def perplexity(agent, texts: list[str], batch_size: int = 32) -> float:
     """exp(mean next-token NLL) over every token of `texts` (each opens with <s>)."""
     if not texts:
         raise MetricsError("perplexity: no texts")
-    model, tok = agent.model, agent.tokenizer
-    total, count = 0.0, 0
-    for i in range(0, len(texts), batch_size):
-        enc = tok(texts[i:i + batch_size], return_tensors="pt", padding=True).to(agent.device)
-        logits = model(**enc).logits[:, :-1].float()
-        labels = enc.input_ids[:, 1:]
-        mask = enc.attention_mask[:, 1:].bool()
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels, reduction="none")
-        total += float(nll[mask].sum())
-        count += int(mask.sum())
+    total, count = agent.nll(texts, batch_size)
     return math.exp(total / count)
 
 

@@ -170,7 +170,7 @@ def main():
         for p in (rp, dp):
             if p is not None:
                 p.close()
-        del pop, local
+        pop = local = None
         gc.collect()
     # cost against the share of agents that carry a delta
     n, q = 128, 16

@@ -9,7 +9,7 @@ import random
 import pytest
 
 from agents.delta import factor, load_snapshot
-from agents.placement import Ask, LocalPlacement, PlacementError, check_placement, make_placement
+from agents.placement import LocalPlacement, PlacementError, check_placement, make_placement
 from agents.population import PopulationPlacement
 from envs.world import claim
 from protocols.registry import make_protocol
@@ -184,3 +184,26 @@ def test_a_run_on_ray_writes_the_records_of_a_population_run(ray_cluster, small_
         assert list(other["answer"]) == list(pop["answer"])
         worst = max(abs(p - q) for a, b in zip(pop["probs"], other["probs"]) for p, q in zip(a, b))
         assert worst < 1e-4, worst
+
+
+def test_editing_metrics_read_agents_through_the_placement(placements, small_world):
+    """The edit metrics (beliefs, perplexity) of a ROME-edited agent are the same read on the
+    population as on its local copy."""
+    from analysis.edit_metrics import edit_baseline, evaluate_edits, perplexity
+    from tests.placement_helpers import bio_texts
+    (local, hl), (pop, hp) = placements
+    texts = bio_texts(small_world, [p.name for p in small_world.people[:5]], 0)
+    for i in (0, 1, 3):              # none, a ROME edit, a dense fine-tune
+        assert perplexity(hp[i], texts) == pytest.approx(perplexity(local.agent(hl[i].name), texts), rel=1e-5)
+    assert perplexity(hp[3], texts) != pytest.approx(perplexity(hp[0], texts), rel=1e-3)
+    from tests.edit_helpers import known_requests
+    fresh = [p.spawn("metrics") for p in (local, pop)]
+    reqs = known_requests(fresh[1], small_world, 2, seed=7)
+    got = []
+    for h in fresh:
+        before = edit_baseline(h, small_world, reqs, n_locality=20, n_bios=5)
+        h.edit(reqs, method="rome", world=small_world)
+        got.append(evaluate_edits(h, small_world, reqs, before=before))
+    for k, v in got[0].items():
+        if isinstance(v, float):
+            assert v == pytest.approx(got[1][k], abs=1e-4, nan_ok=True), k
