@@ -62,12 +62,31 @@ class _Shard:
         return os.getpid()
 
 
+def check_address(address: str, timeout: float = 10.0) -> None:
+    """A Ray address that does not answer is an error naming it, not a long hang in ray.init."""
+    import socket
+    if address in ("auto", "local") or address.startswith("ray://"):
+        hostport = address[len("ray://"):] if address.startswith("ray://") else None
+    else:
+        hostport = address.split("://")[-1]
+    if not hostport:
+        return
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            pass
+    except (OSError, ValueError) as e:
+        raise PlacementError(f"Ray address {address!r} (RAY_ADDRESS or placement) does not answer ({e}); start the "
+                             "head with `ray start --head`, or unset RAY_ADDRESS to run on a local Ray") from None
+
+
 def ensure_ray(address: str | None = None, num_cpus: float | None = None):
     """Connect to the cluster at `address` / RAY_ADDRESS, or start a local one."""
     import ray
     if not ray.is_initialized():
         address = address or os.environ.get("RAY_ADDRESS")
         if address:
+            check_address(address)
             ray.init(address=address, log_to_driver=True)
         else:
             ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=False)

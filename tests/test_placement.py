@@ -141,6 +141,24 @@ def test_bad_placements_are_refused_before_any_work(small_dir, tmp_path):
         make_placement("gpu", small_dir)
 
 
+def test_a_ray_address_that_does_not_answer_is_named_at_once(small_dir, tmp_path, monkeypatch):
+    import socket
+    import time
+
+    from evolution.run import run_experiment
+    from evolution.run_config import ConfigError
+    from tests.test_run import BASE
+    pytest.importorskip("ray")
+    with socket.socket() as s:          # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    t = time.time()
+    with pytest.raises(ConfigError, match=f"Ray address '127.0.0.1:{port}'.*does not answer"):
+        run_experiment({**BASE, "placement": {"kind": "ray"}}, tmp_path / "r", progress=False)
+    assert time.time() - t < 30 and not (tmp_path / "r" / "config.yaml").exists()
+
+
 # -- Ray ----------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ray_cluster():
