@@ -119,3 +119,14 @@ def test_render_names_the_round_played(setting):
     assert steps == 3     # round 0, then the protocol's 2 rounds
     assert env.render().splitlines() == [f"finished after round 2: {q.prompt} (truth: {q.truth})",
                                          f"  agent 0: {q.candidates[0]}", f"  agent 1: {q.candidates[0]}"]
+
+
+def test_a_policy_on_a_population_handle_plays_like_the_local_agent(small_dir, small_agent, small_world):
+    from agents.population import PopulationPlacement
+    queries = small_world.queries(subjects=[p.name for p in small_world.people[:3]], relations=["company"])
+    par = ProtocolParallelEnv(make_protocol("debate", {"rounds": 2}), small_world, queries, agents=3)
+    handle = PopulationPlacement.from_dir(small_dir).spawn("policy")
+    local = _play_parallel(par, AgentPolicy(small_agent), seed=2)
+    pop = _play_parallel(par, AgentPolicy(handle), seed=2)
+    assert [{a: act.tolist() for a, act in r.items()} for r in local] == \
+        [{a: act.tolist() for a, act in r.items()} for r in pop]
