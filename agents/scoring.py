@@ -40,35 +40,66 @@ def pair_sequences(tokenizer, prompts: list[str], candidates: list[tuple[str, ..
 
 @dataclass
 class PackedRow:
-    """One prompt and its candidates in one sequence. `targets[j]` lists (column whose logits
-    predict the token, token) for candidate j."""
-    tokens: list[int]
-    positions: list[int]
-    segments: list[int]          # -1: the prompt; j: candidate j's tokens
-    targets: list[list[tuple[int, int]]]
+    """One prompt and its candidates in one sequence (1-D long tensors). Target k is token
+    `toks[k]`, predicted by the logits at column `cols[k]`, and belongs to candidate `owner[k]`."""
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    segments: torch.Tensor       # -1: the prompt; j: candidate j's tokens
+    cols: torch.Tensor
+    toks: torch.Tensor
+    owner: torch.Tensor
+    n_cands: int
 
 
-def packed_row(prompt: list[int], cands: list[list[int]]) -> PackedRow:
-    n = len(prompt)
-    tokens, positions, segments = list(prompt), list(range(n)), [-1] * n
-    targets = []
+@dataclass
+class _Segments:
+    """The candidates' part of a packed row, relative to the prompt's length n: the same for
+    every prompt with these candidates (so it is built once per candidate set)."""
+    tokens: torch.Tensor         # each candidate's tokens but its last, one segment after another
+    offsets: torch.Tensor        # position of each token within its candidate (added to n)
+    segments: torch.Tensor
+    cols: torch.Tensor           # target columns: -1 for "the prompt's last token", else offset into the segments
+    toks: torch.Tensor
+    owner: torch.Tensor
+    n_cands: int
+
+
+def _segments(cands: list[list[int]]) -> _Segments:
+    tokens, offsets, segments, cols, toks, owner = [], [], [], [], [], []
     for j, c in enumerate(cands):
         if not c:
             raise ValueError(f"candidate {j} has no tokens; every candidate needs at least one")
-        cols = [n - 1]                       # the first token is predicted by the prompt's end
+        cols.append(-1)                      # the first token is predicted by the prompt's end
         for i, tok in enumerate(c[:-1]):     # each later token by the one before it, in segment j
             cols.append(len(tokens))
             tokens.append(tok)
-            positions.append(n + i)
+            offsets.append(i)
             segments.append(j)
-        targets.append(list(zip(cols, c)))
-    return PackedRow(tokens, positions, segments, targets)
+        toks += c
+        owner += [j] * len(c)
+    t = lambda x: torch.tensor(x, dtype=torch.long)
+    return _Segments(t(tokens), t(offsets), t(segments), t(cols), t(toks), t(owner), len(cands))
+
+
+def packed_row(prompt: list[int], seg: _Segments) -> PackedRow:
+    n = len(prompt)
+    p = torch.tensor(prompt, dtype=torch.long)
+    return PackedRow(torch.cat([p, seg.tokens]), torch.cat([torch.arange(n), seg.offsets + n]),
+                     torch.cat([torch.full((n,), -1, dtype=torch.long), seg.segments]),
+                     torch.where(seg.cols < 0, n - 1, seg.cols + n), seg.toks, seg.owner, seg.n_cands)
 
 
 def packed_rows(tokenizer, prompts: list[str], candidates: list[tuple[str, ...]]) -> list[PackedRow]:
     p_ids = tokenizer(prompts, add_special_tokens=True).input_ids
     c_ids = candidate_token_ids(tokenizer, candidates)
-    return [packed_row(p, [c_ids[c] for c in cs]) for p, cs in zip(p_ids, candidates)]
+    templates: dict[tuple, _Segments] = {}
+    rows = []
+    for p, cs in zip(p_ids, candidates):
+        key = tuple(cs)
+        if key not in templates:
+            templates[key] = _segments([c_ids[c] for c in cs])
+        rows.append(packed_row(p, templates[key]))
+    return rows
 
 
 def block_mask(rows: list[PackedRow], width: int, float_mask: torch.dtype | None = None) -> torch.Tensor:
@@ -78,7 +109,7 @@ def block_mask(rows: list[PackedRow], width: int, float_mask: torch.dtype | None
     b = len(rows)
     seg = torch.full((b, width), -2, dtype=torch.long)
     for r, row in enumerate(rows):
-        seg[r, :len(row.segments)] = torch.tensor(row.segments)
+        seg[r, :len(row.segments)] = row.segments
     causal = torch.ones(width, width, dtype=torch.bool).tril()
     q, k = seg[:, :, None], seg[:, None, :]
     allowed = causal & (k != -2) & (q != -2) & ((k == -1) | (k == q))
@@ -110,27 +141,21 @@ def score_packed(forward: Callable, rows: list[PackedRow], pad_id: int, batch_si
         ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
         pos = torch.zeros((len(idx), width), dtype=torch.long)
         for r, row in enumerate(batch):
-            ids[r, :len(row.tokens)] = torch.tensor(row.tokens)
-            pos[r, :len(row.positions)] = torch.tensor(row.positions)
+            ids[r, :len(row.tokens)] = row.tokens
+            pos[r, :len(row.positions)] = row.positions
         mask = block_mask(batch, width, float_mask)
         logits = forward(idx, ids.to(device), pos.to(device), mask.to(device))
-        r_, c_, t_, owner = [], [], [], []
-        k = 0
-        for r, row in enumerate(batch):
-            for tgt in row.targets:
-                for col, tok in tgt:
-                    r_.append(r)
-                    c_.append(col)
-                    t_.append(tok)
-                    owner.append(k)
-                k += 1
-        picked = logits[torch.tensor(r_, device=device), torch.tensor(c_, device=device)].float()
-        lp = picked.gather(1, torch.tensor(t_, device=device)[:, None])[:, 0] - picked.logsumexp(-1)
-        sums = torch.zeros(k, device=device).index_add_(0, torch.tensor(owner, device=device), lp).cpu()
-        k = 0
-        for i, row in zip(idx, batch):
-            out[i] = sums[k:k + len(row.targets)]
-            k += len(row.targets)
+        n_t = torch.tensor([len(row.toks) for row in batch])
+        first = torch.tensor([0] + [row.n_cands for row in batch]).cumsum(0)      # each row's first candidate
+        r_ = torch.repeat_interleave(torch.arange(len(batch)), n_t).to(device)
+        c_ = torch.cat([row.cols for row in batch]).to(device)
+        t_ = torch.cat([row.toks for row in batch]).to(device)
+        owner = (torch.cat([row.owner for row in batch]) + torch.repeat_interleave(first[:-1], n_t)).to(device)
+        picked = logits[r_, c_].float()
+        lp = picked.gather(1, t_[:, None])[:, 0] - picked.logsumexp(-1)
+        sums = torch.zeros(int(first[-1]), device=device).index_add_(0, owner, lp).cpu()
+        for k, i in enumerate(idx):
+            out[i] = sums[first[k]:first[k + 1]]
     return out
 
 
