@@ -24,7 +24,7 @@ def pick_device(device: str | None = None) -> str:
 
 class Agent:
     def __init__(self, model, tokenizer, name: str = "agent 0", persona: str = "neutral",
-                 device: str | None = None, batch_size: int = 128, base: dict | None = None):
+                 device: str | None = None, batch_size: int = 32, base: dict | None = None):
         self.name, self.persona, self.batch_size = name, persona, batch_size
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()

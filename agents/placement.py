@@ -176,7 +176,7 @@ class LocalPlacement(Placement):
         self._fp = None
 
     @classmethod
-    def from_dir(cls, path: str | Path, device: str | None = None, batch_size: int = 128, **kw) -> "LocalPlacement":
+    def from_dir(cls, path: str | Path, device: str | None = None, batch_size: int = 32, **kw) -> "LocalPlacement":
         return cls(Agent.from_dir(path, "base", device=device, batch_size=batch_size), **kw)
 
     def names(self) -> list[str]:
@@ -260,7 +260,7 @@ class LocalPlacement(Placement):
 KINDS = ("local", "population", "ray", "vllm")
 
 
-def make_placement(kind: str, model_dir: str | Path, device: str | None = None, batch_size: int = 128,
+def make_placement(kind: str, model_dir: str | Path, device: str | None = None, batch_size: int = 32,
                    max_rank: int = 32, **ray_kw) -> Placement:
     """The placement `kind` on the model in `model_dir` (`ray_kw`: actors, dedicated, num_cpus,
     num_gpus, address for kind 'ray'; max_loras, max_lora_rank, ... for kind 'vllm')."""

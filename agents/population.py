@@ -54,7 +54,7 @@ def _linear_like(m: nn.Module) -> bool:
 class PopulationPlacement(Placement):
     kind = "population"
 
-    def __init__(self, model, tokenizer, device: str | None = None, batch_size: int = 128, max_rank: int = 32):
+    def __init__(self, model, tokenizer, device: str | None = None, batch_size: int = 32, max_rank: int = 32):
         self.device = pick_device(device)
         self.model = model.to(self.device).eval()
         for p in self.model.parameters():
@@ -83,7 +83,7 @@ class PopulationPlacement(Placement):
                 m.register_forward_hook(self._hook(mname), with_kwargs=True)
 
     @classmethod
-    def from_dir(cls, path: str | Path, device: str | None = None, batch_size: int = 128, **kw) -> "PopulationPlacement":
+    def from_dir(cls, path: str | Path, device: str | None = None, batch_size: int = 32, **kw) -> "PopulationPlacement":
         model, tok = load_model_dir(path)
         return cls(model, tok, device, batch_size, **kw)
 

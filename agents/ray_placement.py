@@ -98,7 +98,7 @@ class RayPlacement(Placement):
 
     def __init__(self, model_dir: str | Path, actors: int | None = None, dedicated: bool = False,
                  num_cpus: float | None = None, num_gpus: float = 0.0, device: str | None = None,
-                 batch_size: int = 128, max_rank: int = 32, address: str | None = None, max_restarts: int = 3):
+                 batch_size: int = 32, max_rank: int = 32, address: str | None = None, max_restarts: int = 3):
         ray = ensure_ray(address)
         have = ray.cluster_resources()
         if num_gpus and num_gpus > have.get("GPU", 0):

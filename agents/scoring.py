@@ -183,7 +183,7 @@ def unique_asks(prompts: list[str], candidates: list[tuple[str, ...]]):
 
 @torch.inference_mode()
 def candidate_logprobs(model, tokenizer, prompts: list[str], candidates: list[tuple[str, ...]],
-                       batch_size: int = 128) -> list[torch.Tensor]:
+                       batch_size: int = 32) -> list[torch.Tensor]:
     """For each prompt, a tensor of summed log-probs, one per candidate, in order."""
     uniq, where = unique_asks(prompts, candidates)
     rows = packed_rows(tokenizer, [p for p, _ in uniq], [cs for _, cs in uniq])

