@@ -67,8 +67,12 @@ def dense(delta: dict[str, "torch.Tensor | LowRank"]) -> dict[str, torch.Tensor]
     return {k: (v[0] @ v[1] if isinstance(v, tuple) else v) for k, v in delta.items()}
 
 
-def rank_of(v: "torch.Tensor | LowRank") -> int | None:
-    return v[0].shape[1] if isinstance(v, tuple) else None
+def add_delta(model, delta: dict[str, "torch.Tensor | LowRank"]) -> None:
+    """The model's weights += the delta (dense or factored), in place."""
+    sd = model.state_dict()
+    with torch.no_grad():
+        for k, d in dense(delta).items():
+            sd[k].add_(d.to(sd[k].device, sd[k].dtype))
 
 
 def fingerprint(state: dict[str, torch.Tensor]) -> str:

@@ -18,13 +18,14 @@ placement keeps the difference they leave, as ROME's `execute_rome` returns delt
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from agents.agent import Agent
-from agents.delta import Snapshot, dense, factor, fingerprint, load_snapshot, save_snapshot
+from agents.delta import Snapshot, add_delta, dense, factor, fingerprint, load_snapshot, save_snapshot
 from agents.records import Belief
 from envs.facts import Query
 
@@ -151,6 +152,13 @@ class Placement:
         """Release what the placement holds (actors); a no-op in process."""
 
 
+def lookup(table: dict, name: str):
+    """`table[name]` for an agent a placement holds, or an error naming the agent."""
+    if name not in table:
+        raise PlacementError(f"agent {name!r} is not on this placement")
+    return table[name]
+
+
 def _check_new(placement: Placement, name: str) -> None:
     if not isinstance(name, str) or not name:
         raise PlacementError(f"agent name {name!r}: give a non-empty string")
@@ -186,12 +194,10 @@ class LocalPlacement(Placement):
         return self._agent(name).persona
 
     def version(self, name: str) -> int:
-        return self._versions[self._agent(name).name]
+        return lookup(self._versions, name)
 
     def _agent(self, name: str) -> Agent:
-        if name not in self.agents:
-            raise PlacementError(f"agent {name!r} is not on this placement")
-        return self.agents[name]
+        return lookup(self.agents, name)
 
     def agent(self, name: str) -> Agent:
         """The in-process Agent itself (local placements only: for code that needs a model)."""
@@ -211,7 +217,6 @@ class LocalPlacement(Placement):
         src = self.root if parent is None else self._agent(parent)
         a = src.spawn(name, persona)
         if parent is not None:
-            import copy
             a.state = copy.deepcopy(src.state)
         self.agents[name], self._versions[name] = a, 0
         return Handle(self, name)
@@ -237,15 +242,12 @@ class LocalPlacement(Placement):
         return Snapshot(name, a.persona, factor(a.model.state_dict(), self.root.base, self.max_rank), a.state)
 
     def restore(self, snap: Snapshot) -> Handle:
-        import copy
+        for k in snap.delta:
+            if k not in self.root.base:
+                raise PlacementError(f"agent {snap.name!r}: its delta changes {k!r}, which this base model "
+                                     "does not have")
         a = self.root.spawn(snap.name, snap.persona)
-        with torch.no_grad():
-            sd = a.model.state_dict()
-            for k, d in dense(snap.delta).items():
-                if k not in sd:
-                    raise PlacementError(f"agent {snap.name!r}: its delta changes {k!r}, which this base model "
-                                         "does not have")
-                sd[k].add_(d.to(sd[k].device, sd[k].dtype))
+        add_delta(a.model, snap.delta)
         a.state = copy.deepcopy(snap.state)
         self.agents[snap.name] = a
         self._versions[snap.name] = self._versions.get(snap.name, -1) + 1

@@ -30,10 +30,10 @@ from torch.func import functional_call
 
 from agents.agent import Agent, pick_device
 from agents.checkpoint import load_model_dir
-from agents.delta import Snapshot, dense, factor, fingerprint
-from agents.placement import Ask, Handle, Placement, PlacementError, _check_new, structure
+from agents.delta import Snapshot, add_delta, factor, fingerprint
+from agents.placement import Ask, Handle, Placement, PlacementError, _check_new, lookup, structure
 from agents.records import beliefs_from_scores, prompts_with_context
-from agents.scoring import _mask_dtype, candidate_logprobs, packed_rows, score_packed, text_nll
+from agents.scoring import candidate_logprobs, mask_dtype, packed_rows, score_packed, text_nll
 
 
 @dataclass
@@ -99,9 +99,12 @@ class PopulationPlacement(Placement):
         return list(self.slots)
 
     def _slot(self, name: str) -> _Slot:
-        if name not in self.slots:
-            raise PlacementError(f"agent {name!r} is not on this placement")
-        return self.slots[name]
+        return lookup(self.slots, name)
+
+    @staticmethod
+    def _row_id(s: _Slot) -> int:
+        """The id its rows carry into the hooks: 0 (the bare base) for an agent with no delta."""
+        return s.id if s.delta else 0
 
     def persona(self, name: str) -> str:
         return self._slot(name).persona
@@ -160,15 +163,10 @@ class PopulationPlacement(Placement):
         if s.solo is not None:
             return s.solo
         if self._scratch is None or structure(self._scratch.model) != self._structure:
-            m = copy.deepcopy(self._bare_model())
-            self._scratch = Agent(m, self.tokenizer, device=self.device, batch_size=self.batch_size, base=self.base)
+            self._scratch = Agent(self._bare_model(), self.tokenizer, device=self.device, batch_size=self.batch_size, base=self.base)
         a = self._scratch
-        with torch.no_grad():
-            sd = a.model.state_dict()
-            for k, v in self.base.items():
-                sd[k].copy_(v)
-            for k, d in dense(s.delta).items():
-                sd[k].add_(d.to(sd[k].device, sd[k].dtype))
+        a.model.load_state_dict(self.base)
+        add_delta(a.model, s.delta)
         a.name, a.persona, a.state = name, s.persona, copy.deepcopy(s.state)
         a.model.eval()
         return a
@@ -220,8 +218,8 @@ class PopulationPlacement(Placement):
         for a in asks:
             s = self._slot(a.agent)
             contexts, prompts = prompts_with_context(a.queries, a.context)
-            state = ("solo", a.agent, s.version) if s.solo is not None else \
-                (("agent", a.agent, s.version) if s.delta else ("base",))
+            # agents in the same state share rows: a solo model or a delta is the agent's own
+            state = (a.agent, s.version) if s.solo is not None or self._row_id(s) else ("base",)
             where = []
             for q, p in zip(a.queries, prompts):
                 key = (state, p, tuple(q.candidates))
@@ -246,7 +244,7 @@ class PopulationPlacement(Placement):
         if not shared:
             return out
         rows = packed_rows(self.tokenizer, [items[i][1] for i in shared], [items[i][2] for i in shared])
-        ids = torch.tensor([self.slots[items[i][0]].id if self.slots[items[i][0]].delta else 0 for i in shared])
+        ids = torch.tensor([self._row_id(self.slots[items[i][0]]) for i in shared])
 
         def forward(idx, input_ids, position_ids, mask):
             with self._rows_of(ids[idx]):
@@ -254,7 +252,7 @@ class PopulationPlacement(Placement):
 
         with torch.inference_mode():
             scores = score_packed(forward, rows, self.tokenizer.pad_token_id, self.batch_size,
-                                  _mask_dtype(self.model), self.device)
+                                  mask_dtype(self.model), self.device)
         for i, sc in zip(shared, scores):
             out[i] = sc
         return out
@@ -270,7 +268,7 @@ class PopulationPlacement(Placement):
             texts = []
             for p in prompts:
                 enc = tok(p, return_tensors="pt").to(self.device)
-                with torch.inference_mode(), self._rows_of(torch.tensor([s.id if s.delta else 0])):
+                with torch.inference_mode(), self._rows_of(torch.tensor([self._row_id(s)])):
                     ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
                 texts.append(tok.decode(ids[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
@@ -284,7 +282,7 @@ class PopulationPlacement(Placement):
             if s.solo is not None:
                 out.append(s.solo.nll(texts, batch_size))
                 continue
-            ids = torch.full((len(texts),), s.id if s.delta else 0, dtype=torch.long)
+            ids = torch.full((len(texts),), self._row_id(s), dtype=torch.long)
 
             def forward(idx, input_ids, mask):
                 with self._rows_of(ids[idx]):

@@ -11,11 +11,13 @@ under `ray job submit` the job's cluster is used as is.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
+import time
 from pathlib import Path
 
 from agents.delta import Snapshot
-from agents.placement import Ask, Handle, Placement, PlacementError, _check_new
+from agents.placement import Ask, Handle, Placement, PlacementError, _check_new, lookup
 
 
 class _Shard:
@@ -23,16 +25,12 @@ class _Shard:
 
     def __init__(self, model_dir: str, device: str | None, batch_size: int, max_rank: int, threads: int):
         import torch
-        if threads:
-            torch.set_num_threads(threads)
+        torch.set_num_threads(threads)
         from agents.population import PopulationPlacement
         self.p = PopulationPlacement.from_dir(model_dir, device, batch_size, max_rank=max_rank)
 
     def ready(self) -> str:
         return self.p.base_fingerprint()
-
-    def names(self) -> list[str]:
-        return self.p.names()
 
     def beliefs_many(self, asks):
         return self.p.beliefs_many(asks)
@@ -80,7 +78,7 @@ def check_address(address: str, timeout: float = 10.0) -> None:
                              "head with `ray start --head`, or unset RAY_ADDRESS to run on a local Ray") from None
 
 
-def ensure_ray(address: str | None = None, num_cpus: float | None = None):
+def ensure_ray(address: str | None = None):
     """Connect to the cluster at `address` / RAY_ADDRESS, or start a local one."""
     import ray
     if not ray.is_initialized():
@@ -89,7 +87,7 @@ def ensure_ray(address: str | None = None, num_cpus: float | None = None):
             check_address(address)
             ray.init(address=address, log_to_driver=True)
         else:
-            ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=False)
+            ray.init(dashboard_host="127.0.0.1", include_dashboard=False, log_to_driver=False)
     return ray
 
 
@@ -119,10 +117,11 @@ class RayPlacement(Placement):
         use_gpus = num_gpus if num_gpus else (1.0 if gpus and not dedicated else 0.0)
         self._opts = dict(num_cpus=cpus, num_gpus=use_gpus, max_restarts=max_restarts)
         self._args = (str(model_dir), device or ("cuda" if use_gpus else "cpu"), batch_size, max_rank,
-                      max(1, int(cpus)) if cpus >= 1 else 1)
+                      max(1, int(cpus)))
         self._Shard = ray.remote(_Shard)
         self.ready_timeout = 300.0
         self._fp = None
+        self._spare: int | None = None      # dedicated: an actor started before its agent (base_fingerprint)
         self.actors = []
         for _ in range(n):
             self.actors.append(self._new_actor())
@@ -153,13 +152,10 @@ class RayPlacement(Placement):
         return self._snap(name).persona
 
     def version(self, name: str) -> int:
-        self._snap(name)
-        return self.versions[name]
+        return lookup(self.versions, name)
 
     def _snap(self, name: str) -> Snapshot:
-        if name not in self.snaps:
-            raise PlacementError(f"agent {name!r} is not on this placement")
-        return self.snaps[name]
+        return lookup(self.snaps, name)
 
     def snapshot(self, name: str) -> Snapshot:
         return self._snap(name)
@@ -194,14 +190,14 @@ class RayPlacement(Placement):
             except ray.exceptions.RayActorError:
                 if attempt == 49:
                     raise
-                import time
                 time.sleep(0.2)
 
     # -- the interface ----------------------------------------------------------------------------
-    def spawn(self, name: str, persona: str = "neutral", parent: str | None = None) -> Handle:
+    def _place(self, name: str) -> int:
+        """The actor a new agent goes to: its own (dedicated), else the one holding the fewest."""
         _check_new(self, name)
         if self.dedicated:
-            if getattr(self, "_spare", None) is not None:
+            if self._spare is not None:
                 i, self._spare = self._spare, None
             else:
                 self.actors.append(self._new_actor())
@@ -212,19 +208,22 @@ class RayPlacement(Placement):
                 counts[j] += 1
             i = counts.index(min(counts))
         self.where[name] = i
-        if parent is None:
+        return i
+
+    def spawn(self, name: str, persona: str = "neutral", parent: str | None = None) -> Handle:
+        source = None if parent is None else self._snap(parent)
+        i = self._place(name)
+        if source is None:
             self._kept(self._call(i, "spawn", name, persona))
         else:
-            import dataclasses
-            snap = dataclasses.replace(self._snap(parent), name=name, persona=persona)
+            snap = dataclasses.replace(source, name=name, persona=persona)
             self._call(i, "restore", [snap])
             self._kept(snap)
         return Handle(self, name)
 
     def restore(self, snap: Snapshot) -> Handle:
-        if snap.name not in self.where:
-            self.spawn(snap.name, snap.persona)
-        self._call(self.where[snap.name], "restore", [snap])
+        i = self.where[snap.name] if snap.name in self.where else self._place(snap.name)
+        self._call(i, "restore", [snap])
         self._kept(snap)
         return Handle(self, snap.name)
 

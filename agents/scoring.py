@@ -121,7 +121,7 @@ def block_mask(rows: list[PackedRow], width: int, float_mask: torch.dtype | None
     return out.masked_fill_(~allowed, torch.finfo(float_mask).min)
 
 
-def _mask_dtype(model) -> torch.dtype | None:
+def mask_dtype(model) -> torch.dtype | None:
     """None (boolean mask) for SDPA/flex attention; the model's dtype for eager attention."""
     impl = getattr(getattr(model, "config", None), "_attn_implementation", "sdpa")
     return None if impl in ("sdpa", "flash_attention_2", "flex_attention") else next(model.parameters()).dtype
@@ -189,7 +189,7 @@ def candidate_logprobs(model, tokenizer, prompts: list[str], candidates: list[tu
     rows = packed_rows(tokenizer, [p for p, _ in uniq], [cs for _, cs in uniq])
     device = next(model.parameters()).device
     fwd = lambda idx, ids, pos, mask: model(input_ids=ids, position_ids=pos, attention_mask=mask).logits
-    scores = score_packed(fwd, rows, tokenizer.pad_token_id, batch_size, _mask_dtype(model), device)
+    scores = score_packed(fwd, rows, tokenizer.pad_token_id, batch_size, mask_dtype(model), device)
     return [scores[w] for w in where]
 
 

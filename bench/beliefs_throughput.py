@@ -16,7 +16,7 @@ import torch
 from agents.agent import Agent
 from agents.pretrain import PretrainConfig, pretrained_dir
 from agents.records import prompts_with_context
-from agents.scoring import (_mask_dtype, candidate_logprobs, packed_rows, padded_batches, pair_logprobs,
+from agents.scoring import (mask_dtype, candidate_logprobs, packed_rows, padded_batches, pair_logprobs,
                             pair_sequences, score_packed)
 from bench.common import md_table, timed, write_section
 from envs.world import World, claim
@@ -38,7 +38,7 @@ def bare_pairs(model, seqs, pad_id, bs, device):
 @torch.inference_mode()
 def bare_packed(model, rows, pad_id, bs, device):
     fwd = lambda idx, ids, pos, mask: model(input_ids=ids, position_ids=pos, attention_mask=mask).logits
-    score_packed(fwd, rows, pad_id, bs, _mask_dtype(model), device)
+    score_packed(fwd, rows, pad_id, bs, mask_dtype(model), device)
 
 
 def main():

@@ -25,7 +25,7 @@ from agents.placement import Ask, LocalPlacement
 from agents.population import PopulationPlacement
 from agents.pretrain import PretrainConfig, pretrained_dir
 from agents.records import prompts_with_context
-from agents.scoring import _mask_dtype, packed_rows, score_packed
+from agents.scoring import mask_dtype, packed_rows, score_packed
 from bench.common import md_table, timed, write_section
 from envs.world import World
 
@@ -70,7 +70,7 @@ def ceiling(model, tok, asks, batch) -> float:
 
     def run():
         with torch.inference_mode():
-            score_packed(fwd, rows, tok.pad_token_id, batch, _mask_dtype(model), "cpu")
+            score_packed(fwd, rows, tok.pad_token_id, batch, mask_dtype(model), "cpu")
     return timed(run)
 
 

@@ -35,7 +35,7 @@ def check_new_dir(path: str | Path, what: str) -> Path:
     path = Path(path)
     if path.exists() and (not path.is_dir() or any(path.iterdir())):
         raise OutputError(f"{what}: {str(path)!r} exists and is not empty; give a new directory")
-    check_writable(path.parent if path.parent != Path("") else Path("."), what)
+    check_writable(path.parent, what)
     return path
 
 

@@ -198,13 +198,9 @@ def run_experiment(config, out_dir, sets: list[str] | None = None, progress: boo
     placement = placement_for(cfg, model_dir)       # Ray resources are checked here, before any work
     saved.write_text(yaml.safe_dump(now, sort_keys=False))
     try:
-        return _run_points(cfg, points, placement, model_dir, out, say_fn(progress))
+        return _run_points(cfg, points, placement, model_dir, out, print if progress else (lambda *a, **k: None))
     finally:
         placement.close()
-
-
-def say_fn(progress: bool):
-    return print if progress else (lambda *a, **k: None)
 
 
 def _run_points(cfg: RunConfig, points, placement: Placement, model_dir: Path, out: Path, say) -> pd.DataFrame:
