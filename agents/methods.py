@@ -16,20 +16,27 @@ from agents.plugins import import_dotted
 
 EDITORS: dict[str, Callable] = {}
 LEARNERS: dict[str, Callable] = {}
+HPARAMS: dict[Callable, tuple[type, tuple[str, ...]]] = {}   # method -> (its hparams dataclass, other keywords)
 _BUILTINS = "evolution.methods"   # imports every built-in method module
 ENTRY_POINT_GROUPS = {"edit": "knowevo.editors", "learning": "knowevo.learners"}
 
 
-def register_editor(name: str):
+def register_editor(name: str, hparams: type | None = None, also: tuple[str, ...] = ()):
+    """`hparams`: the method's hyperparameter dataclass, so a run config's hparams can be checked
+    before any work (`check_hparams`); `also`: keywords the method takes beside them."""
     def deco(fn):
         EDITORS[name] = fn
+        if hparams is not None:
+            HPARAMS[fn] = (hparams, also)
         return fn
     return deco
 
 
-def register_learner(name: str):
+def register_learner(name: str, hparams: type | None = None, also: tuple[str, ...] = ()):
     def deco(fn):
         LEARNERS[name] = fn
+        if hparams is not None:
+            HPARAMS[fn] = (hparams, also)
         return fn
     return deco
 
@@ -72,3 +79,35 @@ def editor(name: str) -> Callable:
 
 def learner(name: str) -> Callable:
     return _lookup(LEARNERS, name, "learning")
+
+
+def method_kind(name: str) -> str:
+    """'edit' or 'learn': which table `name` is found in (editors first). A dotted-path
+    function is an editor unless it says `kind = "learn"`."""
+    try:
+        fn = editor(name)
+    except ValueError:
+        learner(name)           # raises the 'unknown method' error naming both tables' methods
+        return "learn"
+    return getattr(fn, "kind", "edit") if ":" in name else "edit"
+
+
+def check_hparams(name: str, hparams: dict) -> None:
+    """Raise ValueError naming the key when `hparams` would not be accepted by the method (known
+    for methods registered with their hparams dataclass; others are checked when called)."""
+    fn = editor(name) if method_kind(name) == "edit" else learner(name)
+    if fn not in HPARAMS:
+        return
+    cls, also = HPARAMS[fn]
+    from evolution.requests import hparams_of   # the one place hparams are read
+    hp = {k: v for k, v in hparams.items() if k not in also}
+    try:
+        made = hparams_of(cls, hp, name, ValueError, also_known=also)
+    except TypeError as e:
+        raise ValueError(f"{name}: {e}") from None
+    check = getattr(made, "check", None)
+    if callable(check):
+        try:
+            check(None) if check.__code__.co_argcount > 1 else check()
+        except Exception as e:
+            raise ValueError(str(e)) from None

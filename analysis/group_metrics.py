@@ -112,8 +112,15 @@ def query_keys(df: pd.DataFrame) -> list[str]:
     return condition_keys(df) + _present(df, QUERY_KEYS)
 
 
+def _default_by(df: pd.DataFrame, cols: Sequence[str]) -> list[str]:
+    """`cols` present in the frame, after `run` when the frame holds several runs (sweep points
+    are never pooled unless asked)."""
+    runs = ["run"] if "run" in df.columns and df["run"].nunique() > 1 else []
+    return runs + _present(df, cols)
+
+
 def _groups(df: pd.DataFrame, by) -> list[str]:
-    by = list(by) if by is not None else _present(df, ("protocol", "generation"))
+    by = list(by) if by is not None else _default_by(df, ("protocol", "generation"))
     missing = [c for c in by if c not in df.columns]
     if missing:
         raise ValueError(f"by: column(s) {missing} not in the records; available: {list(df.columns)}")
@@ -189,6 +196,7 @@ def conformity_events(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (unit, round > first) with a visible majority: the answer before, the
     majority, the answer after, and which event it is.
 
+    `majority_size`: how many of the shown peers held the majority's answer.
     `conformed`: correct before, majority wrong, now holds the majority's answer.
     `corrected`: wrong before, majority right, now holds the truth.
     """
@@ -199,6 +207,7 @@ def conformity_events(df: pd.DataFrame) -> pd.DataFrame:
     d["prev_answer"] = g["answer"].shift(1)
     d["prev_confidence"] = g["confidence"].shift(1) if "confidence" in d.columns else np.nan
     d["majority"] = d["peer_answers"].map(visible_majority)
+    d["majority_size"] = [sum(a == m for a in _as_list(p)) for p, m in zip(d["peer_answers"], d["majority"])]
     d = d[d["prev_answer"].notna() & d["majority"].notna()].copy()
     d["prev_correct"] = d["prev_answer"] == d["truth"]
     d["majority_correct"] = d["majority"] == d["truth"]
@@ -225,14 +234,15 @@ def conformity(df: pd.DataFrame, by: Sequence[str] | None = None,
       the pressure protocols are the rounds with a wrong majority; independence_k counts
       units correct in the first round and in every such round.
 
-    `by` defaults to protocol and n_confederates (as shown in the pressure round).
+    `by` defaults to protocol and n_confederates (as shown in the pressure round), after run
+    when the records hold several runs (sweep points are kept apart).
     `confidence_bins` (e.g. [0, .5, .8, 1]) adds a `confidence_before` interval column to
     the grouping: conformity against the agent's own confidence in the round before
     (independence is a property of a unit, not of a round: it stays per `by` group and is
     repeated on each bin's row).
     """
     ev = conformity_events(df)
-    by = list(by) if by is not None else _present(df, ("protocol", "n_confederates"))
+    by = list(by) if by is not None else _default_by(df, ("protocol", "n_confederates"))
     missing = [c for c in by if c not in ev.columns]
     if missing:
         raise ValueError(f"by: column(s) {missing} not in the records; available: {list(df.columns)}")

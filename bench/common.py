@@ -22,17 +22,17 @@ def machine() -> str:
     return f"{dev}; torch {torch.__version__}; Python {platform.python_version()}"
 
 
-def write_section(key: str, title: str, body: str) -> None:
-    """Replace (or append) the section between `<!-- bench:key -->` markers."""
+def write_section(key: str, title: str, body: str, doc: Path = DOC, header: str = HEADER) -> None:
+    """Replace (or append) the section between `<!-- bench:key -->` markers of `doc`."""
     DOC.parent.mkdir(exist_ok=True)
-    text = DOC.read_text() if DOC.exists() else HEADER
+    text = doc.read_text() if doc.exists() else header
     cmd = " ".join([f"python -m bench.{Path(sys.argv[0]).stem}"] + sys.argv[1:])
     block = (f"<!-- bench:{key} -->\n## {title}\n\n`{cmd}` — {time.strftime('%Y-%m-%d')}, {machine()}\n\n"
              f"{body.strip()}\n<!-- /bench:{key} -->")
     pat = re.compile(rf"<!-- bench:{re.escape(key)} -->.*?<!-- /bench:{re.escape(key)} -->", re.S)
     text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    DOC.write_text(text)
-    print(f"\n[written to {DOC.relative_to(ROOT)} § {title}]")
+    doc.write_text(text)
+    print(f"\n[written to {doc.relative_to(ROOT)} § {title}]")
 
 
 def timed(fn, repeat: int = 2) -> float:

@@ -22,7 +22,7 @@ from pettingzoo.utils import AgentSelector
 
 from envs.facts import Fact, Query
 from envs.world import World, support
-from protocols.base import Board, Claim, Protocol, ProtocolError, Turn, keyed_rng
+from protocols.base import Board, Claim, Protocol, ProtocolError, Turn, keyed_rng, speaker_labels
 from protocols.personas import blend, social_weight
 from protocols.topology import build_graph, neighbours
 
@@ -260,6 +260,7 @@ class AgentPolicy:
         sq: Query | None = info.get("support_query")
         if sq is None:
             return ans
-        own = support(env.game.world.relations[q.relation], q.subject, b.answer, env.game.name_of[agent_id])
+        me = env.game.name_of[agent_id]
+        own = support(env.game.world.relations[q.relation], q.subject, b.answer, speaker_labels([me])[me])
         s = self.agent.beliefs([sq], context=own)[0]
         return np.array([ans, sq.candidates.index(s.answer)], dtype=np.int64)

@@ -39,22 +39,22 @@ def cmd_pretrain(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    """The main job on the embedded default (grows into the full simulation)."""
-    import pandas as pd
-    from agents.agent import Agent
-    from agents.pretrain import pretrained_dir
-    from analysis.knowledge import knowledge_frame, knowledge_table
-    from envs.world import World
-    cfg = _pretrain_config(args)
+    """The main job on the embedded default: pretrain (cached), then configs/default.yaml."""
+    from evolution.run import run_experiment
+    config = Path(__file__).resolve().parents[1] / "configs" / "default.yaml"
+    sets = [f"pretrain.{s}" for s in args.set or []]
+    if args.people != 300 or args.seed != 0:
+        sets += [f"pretrain.people={args.people}", f"pretrain.seed={args.seed}"]
     t0 = time.time()
-    path = pretrained_dir(cfg)
-    print(f"default model: {path} ({time.time() - t0:.1f}s)")
-    agent = Agent.from_dir(path)
-    world = World.load(path / "world.json")
-    table = knowledge_table(knowledge_frame(agent, world))
-    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 200):
-        print("\nWhat the default model knows (accuracy of argmax over candidates):")
-        print(table.to_string())
+    run_experiment(config, args.out, sets + [f"{k}" for k in args.run_set or []])
+    print(f"done in {time.time() - t0:.0f}s; rerun the same command to resume, `knowevo report {args.out}` to redraw")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from analysis.report import build_report, summary_of
+    path = build_report(args.run_dir)
+    print("\n".join(summary_of(args.run_dir)) + f"\nreport: {path}")
     return 0
 
 
@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     w.add_argument("--out", required=True)
     w.set_defaults(fn=cmd_world)
     for name, fn, helptext in (("pretrain", cmd_pretrain, "pretrain (or fetch from cache) the default model"),
-                               ("demo", cmd_demo, "pretrain the default model and print what it knows")):
+                               ("demo", cmd_demo, "the main job: pretrain the default model (cached) and run "
+                                                  "configs/default.yaml, knowledge evolving over generations")):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--people", type=int, default=300)
         s.add_argument("--seed", type=int, default=0)
@@ -83,18 +84,25 @@ def main(argv: list[str] | None = None) -> int:
                        help="override a pretraining setting, e.g. --set social_prior=0.5 --set shape.n_layer=4")
         if name == "pretrain":
             s.add_argument("--out", required=True)
+        else:
+            s.add_argument("--out", default="runs/default", help="run dir (resumed if it holds this run)")
+            s.add_argument("--run-set", action="append", metavar="KEY=VALUE",
+                           help="override a key of configs/default.yaml, e.g. --run-set generations=3")
         s.set_defaults(fn=fn)
     r = sub.add_parser("run", help="run a protocol experiment from a YAML config (python -m evolution.run)")
     r.add_argument("config")
     r.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     r.add_argument("--out", required=True, help="run dir (resumed if it holds this config's run)")
     r.set_defaults(fn=cmd_run)
+    rp = sub.add_parser("report", help="rebuild a generation run's report.html, metrics.csv and plots")
+    rp.add_argument("run_dir")
+    rp.set_defaults(fn=cmd_report)
     from evolution.edit_cmd import add_edit_parser
     add_edit_parser(sub)
     args = p.parse_args(argv)
     try:
         return args.fn(args)
-    except ValueError as e:  # our input errors: one clear line, no traceback
+    except (ValueError, FileNotFoundError) as e:  # our input errors: one clear line, no traceback
         print(f"knowevo {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

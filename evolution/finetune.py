@@ -163,7 +163,7 @@ def _report(method: str, texts, replay, losses, t0, **extra) -> dict:
             "loss_last_epoch": sum(losses[-per_epoch:]) / per_epoch, "seconds": round(time.time() - t0, 3), **extra}
 
 
-@register_learner("finetune")
+@register_learner("finetune", hparams=LearnHyperParams, also=('world', 'replay'))
 def finetune(agent, data, world=None, replay=None, **hparams) -> dict:
     """Full fine-tuning on texts or facts (with `world`), optionally replaying `replay`."""
     hp = _hparams(hparams)
@@ -183,7 +183,7 @@ def finetune(agent, data, world=None, replay=None, **hparams) -> dict:
     return _report("finetune", texts, old, losses, t0, epochs=hp.epochs, replay_share=hp.replay_share)
 
 
-@register_learner("lora")
+@register_learner("lora", hparams=LearnHyperParams, also=('world', 'replay'))
 def lora(agent, data, world=None, replay=None, **hparams) -> dict:
     """LoRA fine-tuning (peft), merged into the weights afterwards (see the module docstring)."""
     from peft import LoraConfig, get_peft_model

@@ -83,7 +83,7 @@ def target_nll(model, ids, mask, labels) -> torch.Tensor:
     return nll.sum(1).mean()
 
 
-@register_editor("ft_l")
+@register_editor("ft_l", hparams=FTLHyperParams, also=('world',))
 def ft_l(agent, requests, world=None, **hparams) -> EditReport:
     """Edit by fine-tuning one layer's MLP (down-projection by default) under an L-inf clamp.
     Bad requests or hparams raise before any weight moves; a non-finite loss or update

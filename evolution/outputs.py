@@ -55,3 +55,13 @@ def publish(tmp: Path, path: str | Path) -> Path:
         path.rmdir()
     os.replace(tmp, path)
     return path
+
+
+def write_whole(path: str | Path, text: str) -> Path:
+    """Write a text file whole then rename it into place (a crash leaves the old file or none)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path

@@ -22,10 +22,11 @@ from agents.delta import is_snapshot
 from agents.placement import Handle, Placement, PlacementError, make_placement
 from agents.pretrain import PretrainConfig, bio_text, pretrained_dir, sample_texts
 from envs.world import World
-from evolution.outputs import OutputError, check_writable
+from evolution.outputs import check_writable
+from evolution.parts import finished_records, merge_parts, write_part
 from evolution.run_config import ConfigError, RunConfig, load, parse, people_pool, pretrain_config
 from protocols.base import Board, keyed_rng
-from protocols.session import play, posted_claim, records_frame, records_from_frame
+from protocols.session import play, posted_claim
 from protocols.topology import build_graph
 
 
@@ -117,54 +118,8 @@ def placement_for(cfg: RunConfig, model_dir: Path) -> Placement:
         raise ConfigError(str(e)) from None
 
 
-# -- records on disk ----------------------------------------------------------------------------
-def _parts(out: Path, point: int) -> list[Path]:
-    return sorted((out / "parts").glob(f"{point:03d}-*.parquet"))
-
-
-def finished_records(out: Path, point: int) -> list:
-    """The records of the point's finished rounds, checked: parts for rounds 0..k with none
-    missing, each readable and holding its own round. A problem stops the run with the file
-    and the way to recover (delete it and the later parts: those rounds are redone)."""
-    files = _parts(out, point)
-    rounds = [int(f.stem.split("-")[1]) for f in files]
-    redo = lambda r: ", ".join(f.name for f, x in zip(files, rounds) if x >= r)
-    for want, got in enumerate(rounds):
-        if got != want:
-            raise OutputError(f"{str(out / 'parts')!r}: round {want}'s part ({point:03d}-{want:04d}.parquet) is "
-                              f"missing but later rounds are there; delete {redo(want)} and rerun to redo them")
-    records = []
-    for f, r in zip(files, rounds):
-        try:
-            got = records_from_frame(pd.read_parquet(f))
-        except Exception as e:   # pyarrow raises several kinds for a damaged file
-            raise OutputError(f"{str(f)!r} cannot be read ({type(e).__name__}: {str(e)[:120]}); delete "
-                              f"{redo(r)} and rerun to redo those rounds") from None
-        if not got or any(x.round != r for x in got):
-            raise OutputError(f"{str(f)!r} does not hold round {r}'s records; delete {redo(r)} and rerun to redo "
-                              "those rounds")
-        records += got
-    return records
-
-
-def _write_part(out: Path, point: int, rnd: int, records) -> None:
-    (out / "parts").mkdir(exist_ok=True)
-    final = out / "parts" / f"{point:03d}-{rnd:04d}.parquet"
-    tmp = final.with_suffix(".tmp")
-    records_frame(records).to_parquet(tmp, index=False)
-    tmp.replace(final)
-
-
-def _merge(out: Path) -> pd.DataFrame:
-    files = sorted((out / "parts").glob("*.parquet"))
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else records_frame([])
-    tmp = out / "records.parquet.tmp"
-    df.to_parquet(tmp, index=False)
-    tmp.replace(out / "records.parquet")
-    return df
-
-
-def _finished(protocol, cfg: RunConfig, world: World, queries, done) -> bool:
+# -- the run --------------------------------------------------------------------------------------
+def finished_protocol(protocol, cfg: RunConfig, world: World, queries, done) -> bool:
     if not done:
         return False
     protocol.bind(world, cfg.seed, cfg.agent_names, make_agent=lambda name: None)
@@ -174,7 +129,6 @@ def _finished(protocol, cfg: RunConfig, world: World, queries, done) -> bool:
     return protocol.done(max(r.round for r in done), board, queries)
 
 
-# -- the run --------------------------------------------------------------------------------------
 def run_experiment(config, out_dir, sets: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the experiment of `config` (a YAML path, a mapping or a RunConfig)
     into `out_dir`; the belief records of every sweep point and round."""
@@ -198,6 +152,9 @@ def run_experiment(config, out_dir, sets: list[str] | None = None, progress: boo
     placement = placement_for(cfg, model_dir)       # Ray resources are checked here, before any work
     saved.write_text(yaml.safe_dump(now, sort_keys=False))
     try:
+        if cfg.generations is not None:
+            from evolution.generations import run_generations
+            return run_generations(cfg, points, placement, World.load(model_dir / "world.json"), out, progress)
         return _run_points(cfg, points, placement, model_dir, out, print if progress else (lambda *a, **k: None))
     finally:
         placement.close()
@@ -210,9 +167,9 @@ def _run_points(cfg: RunConfig, points, placement: Placement, model_dir: Path, o
     for i, (label, pcfg) in enumerate(points):
         queries = sample_queries(pcfg, world)
         protocol = pcfg.protocol_obj()
-        done = finished_records(out, i)
+        done = finished_records(out, f"{i:03d}")
         tag = f"[{label}] " if label else ""
-        if _finished(protocol, pcfg, world, queries, done):
+        if finished_protocol(protocol, pcfg, world, queries, done):
             say(f"{tag}done before: {len(done)} records")
             continue
         key = agents_key(pcfg)
@@ -227,15 +184,15 @@ def _run_points(cfg: RunConfig, points, placement: Placement, model_dir: Path, o
             return placement.handle(name) if name in placement.names() else placement.spawn(name)
 
         def on_round(rnd, records, i=i, tag=tag):
-            _write_part(out, i, rnd, records)
+            write_part(out, f"{i:03d}", rnd, records)
             acc = sum(r.answer == r.truth for r in records) / max(1, len(records))
             say(f"{tag}round {rnd}: accuracy {acc:.3f} over {len(records)} records")
 
         play(protocol, agents, world, queries, graph, pcfg.seed, run=cfg.name + (f"/{label}" if label else ""),
              form=pcfg.queries.form, trial=label, done=done, on_round=on_round, priors=priors,
              make_agent=make_agent)
-        _merge(out)
-    df = _merge(out)
+        merge_parts(out)
+    df = merge_parts(out)
     say(f"wrote {len(df)} records to {out / 'records.parquet'}")
     return df
 

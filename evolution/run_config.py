@@ -62,6 +62,52 @@ class PlacementConfig:
 
 
 @dataclass
+class WorldChangeConfig:
+    """generations: how the world moves at the start of each generation (envs.world.evolve)."""
+    share: float = 0.02              # share of people whose value of each relation changes
+    relations: list = field(default_factory=lambda: ["company"])   # derived relations (company_city) follow
+
+
+@dataclass
+class NewsConfig:
+    """generations: who hears of the world's change (and learns it on their own)."""
+    agents: int = 2                  # k agents drawn from the seed each generation...
+    source: str | None = None        # ...or this agent and everyone within `hops` of it on the graph
+    hops: int = 1
+
+
+@dataclass
+class UpdateConfig:
+    """generations: one way of changing an agent's weights: an editor (rome, memit, ft_l, wise)
+    or a learner (lora, finetune) with its hparams. `replay`: learners only, the share of each
+    batch drawn from facts of people nobody asks about (against forgetting)."""
+    method: str = "lora"
+    hparams: dict = field(default_factory=dict)
+    replay: float = 0.0
+
+
+@dataclass
+class MisinformationConfig:
+    """generations: agents edited to a false fact (drawn from the seed, recorded as such)."""
+    agents: int = 0                  # 0: nobody is misinformed
+    facts: int = 1                   # false facts per misinformed agent
+    generation: int = 1              # when (before that generation's talk)
+    method: str = "rome"
+    hparams: dict = field(default_factory=dict)
+    replay: float = 0.0
+
+
+@dataclass
+class ConsolidationConfig:
+    """generations: after the talk, each agent writes into its weights what the talk changed
+    in its answers (final answer != its own round-0 answer) held with at least `min_confidence`."""
+    method: str = "lora"             # a learner or an editor, or 'none'
+    hparams: dict = field(default_factory=dict)
+    replay: float = 0.0
+    min_confidence: float = 0.5
+
+
+@dataclass
 class RunConfig:
     name: str = "run"
     seed: int = 0
@@ -80,6 +126,13 @@ class RunConfig:
     batch_size: int = 32             # packed rows (one prompt with all its candidates) per forward
     device: str | None = None
     placement: PlacementConfig = field(default_factory=PlacementConfig)
+    # the generation loop (evolution/generations.py): set `generations` to run it
+    generations: int | None = None
+    world_change: WorldChangeConfig = field(default_factory=WorldChangeConfig)
+    news: NewsConfig = field(default_factory=NewsConfig)
+    individual: UpdateConfig = field(default_factory=UpdateConfig)
+    misinformation: MisinformationConfig = field(default_factory=MisinformationConfig)
+    consolidation: ConsolidationConfig = field(default_factory=ConsolidationConfig)
 
     @property
     def agent_names(self) -> list[str]:
@@ -96,7 +149,10 @@ class RunConfig:
         return make_protocol(self.protocol, params)
 
 
-SECTIONS = {"queries": QueriesConfig, "knowledge": KnowledgeConfig, "placement": PlacementConfig}
+SECTIONS = {"queries": QueriesConfig, "knowledge": KnowledgeConfig, "placement": PlacementConfig,
+            "world_change": WorldChangeConfig, "news": NewsConfig, "individual": UpdateConfig,
+            "misinformation": MisinformationConfig, "consolidation": ConsolidationConfig}
+GENERATION_SECTIONS = ("world_change", "news", "individual", "misinformation", "consolidation")
 KINDS = {"name": str, "seed": int, "model": str, "pretrain": dict, "agents": int,
          "personas": (str, list, dict), "protocol": str, "params": dict, "rounds": (int, type(None)),
          "synchronous": (bool, type(None)), "graph": (str, dict, list), "sweep": dict,
@@ -107,7 +163,14 @@ KINDS = {"name": str, "seed": int, "model": str, "pretrain": dict, "agents": int
          "placement.kind": str, "placement.actors": (int, type(None)), "placement.dedicated": bool,
          "placement.num_cpus": (float, int, type(None)), "placement.num_gpus": (float, int),
          "placement.device": (str, type(None)), "placement.max_rank": int, "placement.max_loras": int,
-         "placement.max_lora_rank": int}
+         "placement.max_lora_rank": int, "generations": (int, type(None)),
+         "world_change.share": (float, int), "world_change.relations": list,
+         "news.agents": int, "news.source": (str, type(None)), "news.hops": int,
+         "individual.method": str, "individual.hparams": dict, "individual.replay": (float, int),
+         "misinformation.agents": int, "misinformation.facts": int, "misinformation.generation": int,
+         "misinformation.method": str, "misinformation.hparams": dict, "misinformation.replay": (float, int),
+         "consolidation.method": str, "consolidation.hparams": dict, "consolidation.replay": (float, int),
+         "consolidation.min_confidence": (float, int)}
 
 
 def apply_sets(raw: dict, pairs: list[str]) -> dict:
@@ -196,9 +259,6 @@ def check(cfg: RunConfig, world: World) -> Protocol:
     """Every semantic check of one (sweep-free) config; returns its protocol."""
     if cfg.agents < 1:
         raise ConfigError(f"agents: {cfg.agents}; a run needs at least 1 agent")
-    if cfg.agents > 50:
-        raise ConfigError(f"agents: {cfg.agents}; at most 50 (the default model knows speakers "
-                          "'agent 0'..'agent 49')")
     if cfg.rounds is not None and cfg.rounds < 1:
         raise ConfigError(f"rounds: {cfg.rounds}; give at least 1 round (round 0, answering alone, "
                           "always comes first)")
@@ -246,7 +306,76 @@ def check(cfg: RunConfig, world: World) -> Protocol:
         protocol.bind(world, cfg.seed, cfg.agent_names, make_agent=lambda name: None)
     except ProtocolError as e:
         raise ConfigError(str(e)) from None
+    _check_generations(cfg, world)
     return protocol
+
+
+def _check_generations(cfg: RunConfig, world: World) -> None:
+    defaults = RunConfig()
+    if cfg.generations is None:
+        set_ = [k for k in GENERATION_SECTIONS if getattr(cfg, k) != getattr(defaults, k)]
+        if set_:
+            raise ConfigError(f"{set_[0]}: applies to generation runs only; set `generations: N` or drop it")
+        return
+    if cfg.generations < 1:
+        raise ConfigError(f"generations: {cfg.generations}; give at least 1 (each generation: the world changes, "
+                          "news, talk, consolidation)")
+    if cfg.knowledge.split != "none":
+        raise ConfigError("knowledge.split: applies to single-protocol runs; in a generation run agents learn "
+                          "through `news` and `individual`")
+    w = cfg.world_change
+    if not 0 < w.share <= 1:
+        raise ConfigError(f"world_change.share: {w.share}; give a share of people in (0, 1]")
+    if not w.relations:
+        raise ConfigError("world_change.relations: give at least one relation that changes")
+    for r in w.relations:
+        if r not in world.relations:
+            raise ConfigError(f"world_change.relations: unknown relation {r!r}; known: {sorted(world.relations)}")
+        if r in world.derived:
+            raise ConfigError(f"world_change.relations: {r!r} follows {world.derived[r][0]!r}; change "
+                              f"{world.derived[r][0]!r} instead")
+    n = cfg.news
+    if n.source is not None:
+        nodes = cfg.agent_names
+        if n.source not in nodes:
+            raise ConfigError(f"news.source: {n.source!r} is not a node of the graph; give an agent name, "
+                              f"one of {nodes[:3]}{'...' if len(nodes) > 3 else ''}")
+        if n.hops < 0:
+            raise ConfigError(f"news.hops: {n.hops}; give 0 (the source alone) or more")
+    elif not 0 <= n.agents <= cfg.agents:
+        raise ConfigError(f"news.agents: {n.agents}; the run has {cfg.agents} agents; give 0..{cfg.agents}")
+    _check_update("individual", cfg.individual)
+    m = cfg.misinformation
+    if m.agents:
+        if not 0 < m.agents <= cfg.agents:
+            raise ConfigError(f"misinformation.agents: {m.agents}; the run has {cfg.agents} agents")
+        if m.facts < 1:
+            raise ConfigError(f"misinformation.facts: {m.facts}; give at least 1 false fact per agent")
+        if not 1 <= m.generation <= cfg.generations:
+            raise ConfigError(f"misinformation.generation: {m.generation}; give 1..{cfg.generations}")
+        _check_update("misinformation", m)
+    elif m.agents < 0:
+        raise ConfigError(f"misinformation.agents: {m.agents}; give 0 (nobody) or more")
+    c = cfg.consolidation
+    if c.method != "none":
+        _check_update("consolidation", c)
+    if not 0 <= c.min_confidence <= 1:
+        raise ConfigError(f"consolidation.min_confidence: {c.min_confidence}; give a probability in [0, 1]")
+
+
+def _check_update(key: str, u) -> None:
+    from agents.methods import check_hparams, method_kind
+    try:
+        kind = method_kind(u.method)
+        check_hparams(u.method, u.hparams)
+    except ValueError as e:
+        raise ConfigError(f"{key}.method / {key}.hparams: {e}") from None
+    if not 0 <= u.replay < 1:
+        raise ConfigError(f"{key}.replay: {u.replay}; give the share of each batch replayed, in [0, 1)")
+    if u.replay and kind != "learn":
+        raise ConfigError(f"{key}.replay: {u.method!r} is an editor; replay applies to learners (lora, finetune)")
+    if "replay_share" in u.hparams:
+        raise ConfigError(f"{key}.hparams.replay_share: set {key}.replay instead (its replay texts come from the run)")
 
 
 def _check_placement(p: PlacementConfig) -> None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from envs.facts import Query
 from envs.world import claim
-from protocols.base import Claim, Protocol, ProtocolError, Turn
+from protocols.base import SPEAKERS, Claim, Protocol, ProtocolError, Turn, speaker_labels
 
 VARIANTS = ("raw", "wrong_guidance", "correct_guidance", "trust", "doubt")
 
@@ -39,8 +39,9 @@ class Asch(Protocol):
         super().validate()
         if self.variant not in VARIANTS:
             raise ProtocolError(f"params.variant: {self.variant!r}; use one of {list(VARIANTS)}")
-        if self.confederates < 0:
-            raise ProtocolError(f"params.confederates: {self.confederates}; give 0 or more")
+        if not 0 <= self.confederates <= SPEAKERS:
+            raise ProtocolError(f"params.confederates: {self.confederates}; give 0..{SPEAKERS} (the default model "
+                                f"tells {SPEAKERS} speakers apart in one context)")
         if self.history < 0:
             raise ProtocolError(f"params.history: {self.history}; give 0 or more earlier questions")
 
@@ -77,8 +78,9 @@ class Asch(Protocol):
     def render(self, claims: list[Claim], turn: Turn) -> str:
         """Earlier questions as closed social texts, then the claims about this one."""
         parts, q = [], turn.query
+        label = speaker_labels(c.speaker for c in claims)
         for other in dict.fromkeys(c.subject for c in claims if not c.about(q)):
             rel = self.world.relations[q.relation]
-            said = [claim(rel, other, c.object, c.speaker) for c in claims if c.subject == other]
+            said = [claim(rel, other, c.object, label[c.speaker]) for c in claims if c.subject == other]
             parts.append(" ".join(said + [rel.question(other), self.world.truth(other, q.relation), "."]))
         return " ".join(parts + [super().render([c for c in claims if c.about(q)], turn)]).strip()

@@ -23,7 +23,9 @@ Register it with `@register_protocol`, the entry-point group `knowevo.protocols`
 """
 from __future__ import annotations
 
+import itertools
 import random
+import re
 import zlib
 from dataclasses import dataclass
 from typing import ClassVar
@@ -34,6 +36,7 @@ from envs.world import World, claim, support
 
 
 SPEAKERS = 50   # the default model's pretraining named peers 'agent 0'..'agent 49'
+_LABEL = re.compile(r"agent (\d+)")
 
 
 class ProtocolError(ValueError):
@@ -44,6 +47,27 @@ def keyed_rng(seed: int, *keys) -> random.Random:
     """A generator fixed by (seed, keys): the same choice every time it is asked for, in
     whatever order choices are made (which is what makes runs resumable)."""
     return random.Random(zlib.crc32("/".join(map(str, (seed, *keys))).encode()))
+
+
+def speaker_labels(speakers) -> dict[str, str]:
+    """How the model reads each speaker of one context. The default model was pretrained on
+    peers named 'agent 0'..'agent 49': those names are shown as they are; any other speaker
+    (agent 50 of a population of 1,000, a confederate) is shown as the lowest of those names no
+    speaker of this context uses. Records keep the real names; only the text changes, so a
+    population of any size talks in the format its model knows, as long as one agent is shown
+    at most 50 speakers at once."""
+    names = list(dict.fromkeys(speakers))
+    kept = {n for n in names if (m := _LABEL.fullmatch(n)) and int(m.group(1)) < SPEAKERS}
+    free = (f"agent {j}" for j in range(SPEAKERS) if f"agent {j}" not in kept)
+    out = {}
+    for n in names:
+        label = n if n in kept else next(free, None)
+        if label is None:
+            raise ProtocolError(f"one context shows {len(names)} speakers; the default model tells at most "
+                                f"{SPEAKERS} apart ('agent 0'..'agent {SPEAKERS - 1}'); use a sparser graph or "
+                                "show fewer claims")
+        out[n] = label
+    return out
 
 
 @dataclass(frozen=True)
@@ -173,12 +197,14 @@ class Protocol:
         return keyed_rng(self.seed, self.name, *keys)
 
     def free_speakers(self, k: int, *keys) -> list[str]:
-        """k speaker names ('agent <i>', i < 50: the speakers the default model was pretrained
-        on) that no agent of the run uses, drawn from the seed."""
+        """k speaker names that no agent of the run uses, drawn from the seed: 'agent <i>' with
+        i < 50 (the speakers the default model was pretrained on) while enough are free, then
+        further 'agent <i>' (shown under a free trained name, see `speaker_labels`)."""
         free = [f"agent {i}" for i in range(SPEAKERS) if f"agent {i}" not in self.agents]
         if k > len(free):
-            raise ProtocolError(f"{k} extra speakers asked for but only {len(free)} of 'agent 0'..'agent "
-                                f"{SPEAKERS - 1}' are free beside {len(self.agents)} agents; use fewer")
+            taken = set(self.agents)
+            more = (n for i in itertools.count(SPEAKERS) if (n := f"agent {i}") not in taken)
+            free += list(itertools.islice(more, k - len(free)))
         return self.rng("speakers", *keys).sample(free, k)
 
     # -- what a subclass writes ----------------------------------------------------------
@@ -188,13 +214,15 @@ class Protocol:
         raise NotImplementedError(f"{type(self).__name__}.sees")
 
     def render(self, claims: list[Claim], turn: Turn) -> str:
-        """Context text placed before the question: each claim, then its support."""
-        rel = self.world.relations
+        """Context text placed before the question: each claim, then its support (speakers as
+        `speaker_labels` shows them)."""
+        rel, label = self.world.relations, speaker_labels(c.speaker for c in claims)
         parts = []
         for c in claims:
-            parts.append(claim(rel[c.relation], c.subject, c.object, c.speaker))
+            parts.append(claim(rel[c.relation], c.subject, c.object, label[c.speaker]))
             if c.support is not None:
-                parts.append(support(rel[c.support.relation], c.support.subject, c.support.object, c.speaker))
+                parts.append(support(rel[c.support.relation], c.support.subject, c.support.object,
+                                     label[c.speaker]))
         return " ".join(parts)
 
     def support_relation(self, relation: str, round: int) -> str | None:

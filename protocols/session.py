@@ -23,7 +23,7 @@ from agents.placement import Ask, beliefs_of
 from agents.records import Belief
 from envs.facts import Fact, Query
 from envs.world import World, support
-from protocols.base import Board, Claim, Protocol, ProtocolError, Said, Turn
+from protocols.base import Board, Claim, Protocol, ProtocolError, Said, Turn, speaker_labels
 from protocols.personas import blend, social_weight
 from protocols.topology import neighbours
 
@@ -77,7 +77,8 @@ def _support_asks(protocol: Protocol, agent, world: World, queries: list[Query],
     if not asks:
         return [], [], None
     sq = [world.query(queries[i].subject, rel) for i, rel in asks]
-    ctx = [support(world.relations[queries[i].relation], queries[i].subject, beliefs[i].answer, agent.name)
+    me = speaker_labels([agent.name])[agent.name]
+    ctx = [support(world.relations[queries[i].relation], queries[i].subject, beliefs[i].answer, me)
            for i, _ in asks]
     return [i for i, _ in asks], [rel for _, rel in asks], Ask(agent.name, sq, ctx)
 
@@ -85,9 +86,11 @@ def _support_asks(protocol: Protocol, agent, world: World, queries: list[Query],
 def play(protocol: Protocol, agents: list, world: World, queries: list[Query], graph: nx.Graph, seed: int,
          *, run: str = "", generation: int = 0, form: str = "question", trial: str = "",
          done: list[Record] | None = None, on_round: Callable[[int, list[Record]], None] | None = None,
-         priors: dict | None = None, make_agent=None, max_rounds: int = 1000) -> list[Record]:
+         priors: dict | None = None, make_agent=None, max_rounds: int = 1000,
+         stop_after: int | None = None) -> list[Record]:
     """All records of the protocol on these agents and queries (the finished ones in `done`
-    included). `priors` caches agents' round-0 beliefs across calls (keyed by agent)."""
+    included). `priors` caches agents' round-0 beliefs across calls (keyed by agent).
+    `stop_after`: the last round to play whatever the protocol says (0: answers alone only)."""
     names = [a.name for a in agents]
     if not agents:
         raise ProtocolError("agents: none given; a protocol needs at least 1 agent")
@@ -111,7 +114,7 @@ def play(protocol: Protocol, agents: list, world: World, queries: list[Query], g
     for r in records:
         board.post(r.round, posted_claim(r))
     last = max((r.round for r in records), default=-1)
-    if last >= 0 and protocol.done(last, board, queries):
+    if last >= 0 and (protocol.done(last, board, queries) or last == stop_after):
         return records
 
     def record(said: Said, round: int, persona: str) -> Record:
@@ -177,7 +180,7 @@ def play(protocol: Protocol, agents: list, world: World, queries: list[Query], g
         records += new
         if on_round is not None:
             on_round(rnd, new)
-        if protocol.done(rnd, board, queries):
+        if protocol.done(rnd, board, queries) or rnd == stop_after:
             return records
     raise ProtocolError(f"protocol {protocol.name!r} did not stop within {max_rounds} rounds; "
                         "its done() must return True eventually (set `rounds`)")

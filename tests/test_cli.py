@@ -127,3 +127,21 @@ def test_edit_command_keeps_a_wise_side_memory_and_refuses_its_adapter(tmp_path,
     assert answers(agent, small_world, reqs) != [reqs[0].target]    # the weights alone: unedited
     load_side_memory(agent, out)
     assert answers(agent, small_world, reqs) == [reqs[0].target]
+
+
+def test_demo_runs_the_main_job_and_prints_its_summary(tmp_path, small_dir, capsys):
+    # the small fixture's pretraining (cached) and a shortened default config: the same code path
+    out = tmp_path / "demo"
+    args = ["demo", "--people", "80", "--set", "steps=400", "--out", str(out), "--run-set", "generations=1",
+            "--run-set", "agents=6", "--run-set", "queries.people=3", "--run-set", "rounds=1"]
+    assert main(args) == 0
+    said = capsys.readouterr().out
+    assert (out / "report.html").exists() and f"report: {out / 'report.html'}" in said
+    summary = (out / "summary.txt").read_text().splitlines()
+    assert len(summary) == 5 and all(line in said for line in summary)
+    assert "generation 1 round 1:" in said
+    assert main(args) == 0
+    again = capsys.readouterr().out            # a rerun resumes: no round is played again
+    assert "round" not in again.replace("rounds", "") and summary[0] in again
+    assert main(["demo", "--out", str(out), "--run-set", "generations=0"]) == 2
+    assert "generations: 0" in capsys.readouterr().err

@@ -15,23 +15,26 @@ import pandas as pd
 import pytest
 import yaml
 
+from evolution.run import run_experiment
+from tests.test_generations import TINY
 from tests.test_run import BASE
 
 ROOT = Path(__file__).resolve().parents[1]
 CFG = {**BASE, "agents": 3, "rounds": 3, "queries": {"people": 3, "relations": ["company"], "who": "untaught"},
        "knowledge": {"split": "partition", "texts_per_person": 2, "epochs": 5}}
+GENERATIONS = {**TINY, "generations": 1}
 
 
 def run_cmd(cfg_path: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "evolution.run", str(cfg_path), "--out", str(out)]
 
 
-def same_records(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    key = ["run", "round", "agent", "subject", "relation"]
+def same_records(a: pd.DataFrame, b: pd.DataFrame, tol: float = 1e-4) -> None:
+    key = ["run", "generation", "round", "agent", "subject", "relation"]
     a, b = a.sort_values(key).reset_index(drop=True), b.sort_values(key).reset_index(drop=True)
     assert list(a["answer"]) == list(b["answer"]) and len(a) == len(b)
     worst = max(abs(p - q) for x, y in zip(a["probs"], b["probs"]) for p, q in zip(x, y))
-    assert worst < 1e-4, worst
+    assert worst < tol, worst
 
 
 @pytest.fixture(scope="module")
@@ -86,5 +89,16 @@ def test_ray_job_submit_runs_the_job_unchanged(reference, tmp_path):
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         assert "round 3:" in done.stdout                 # progress, one line per round, in the job's log
         same_records(ref, pd.read_parquet(out / "records.parquet"))
+
+        # the main job (generations: learning, editing, consolidation inside the actors) the same way
+        gen = {**GENERATIONS, "placement": {"kind": "ray"}}
+        (work / "gen.yaml").write_text(yaml.safe_dump(gen))
+        done = subprocess.run([str(ray_bin), "job", "submit", f"--address=http://127.0.0.1:{dash}",
+                               f"--working-dir={work}", "--", sys.executable, "-m", "evolution.run", "gen.yaml",
+                               "--out", str(tmp_path / "gen")], env=env, timeout=600, capture_output=True, text=True)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        assert "generation 1 round 1:" in done.stdout and "report:" in done.stdout
+        local = run_experiment(GENERATIONS, tmp_path / "gen-local", progress=False)
+        same_records(local, pd.read_parquet(tmp_path / "gen" / "records.parquet"), tol=1e-3)
     finally:
         subprocess.run([str(ray_bin), "stop", "--force"], env=env, timeout=120, stdout=subprocess.DEVNULL)

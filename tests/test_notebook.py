@@ -64,3 +64,17 @@ def test_notebook_names_a_bad_run_dir(tmp_path, monkeypatch):
     from nbclient.exceptions import CellExecutionError
     with pytest.raises(CellExecutionError, match="has no records.parquet"):
         execute({"KNOWEVO_RUN_DIR": tmp_path / "nothing"}, monkeypatch)
+
+
+def test_notebook_reads_a_generation_run_per_generation(tmp_path, small_dir, monkeypatch):
+    from evolution.run import run_experiment
+    from tests.test_generations import TINY
+    run = tmp_path / "gen"
+    run_experiment({**TINY, "sweep": {"graph": ["complete", "ring"]}}, run, progress=False)
+    nb = execute({"KNOWEVO_RUN_DIR": run, "KNOWEVO_FIG_DIR": tmp_path / "figs"}, monkeypatch)
+    html, _ = outputs(nb)
+    for marker in ("accuracy_changed", "stale_changed", "holds_false_others", "forgetting", "majority_size"):
+        assert marker in html, marker
+    # the two sweep points stay apart: the conformity table has a row per point, not one pooled row
+    conformity_html = next(t for t in html.split("<table")[1:] if "correction_hi" in t and "accuracy_final" not in t)
+    assert "tiny/graph=complete" in conformity_html and "tiny/graph=ring" in conformity_html

@@ -3,6 +3,7 @@ check_protocol, what each protocol shows, personas, topologies, and their errors
 from __future__ import annotations
 
 import random
+import re
 from importlib.metadata import EntryPoint
 
 import networkx as nx
@@ -224,10 +225,14 @@ def test_asch_confederates_and_variants():
         assert len(set(r["peer_answers"])) == 1 and (r["peer_answers"][0] == r["truth"]) == (variant == "doubt")
 
 
-def test_asch_needs_free_speaker_names():
+def test_asch_confederates_beyond_the_free_names_are_shown_under_trained_ones():
     world, agents, queries, graph = scripted_setting()
-    with pytest.raises(ProtocolError, match="extra speakers"):
-        play(make_protocol("asch", {"confederates": 48}), agents, world, queries, graph, 0)
+    records = play(make_protocol("asch", {"confederates": 48}), agents, world, queries, graph, 0)
+    shown = [r.context for r in records if r.round == 1]
+    labels = [set(re.findall(r"agent (\d+)", c)) for c in shown]
+    assert all(len(x) == 48 and max(map(int, x)) < 50 for x in labels)   # 48 distinct speakers, all trained names
+    with pytest.raises(ProtocolError, match="params.confederates: 51"):
+        make_protocol("asch", {"confederates": 51})
 
 
 def test_until_consensus_stops_early():

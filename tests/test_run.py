@@ -3,6 +3,7 @@ resume, partial knowledge, and bad input refused before any work."""
 from __future__ import annotations
 
 import dataclasses
+import re
 import shutil
 
 import pandas as pd
@@ -115,7 +116,7 @@ BAD = [
     ({"queries": {"people": 999}}, "queries.people: 999; the world has 80 people"),
     ({"pretrain": {**SMALL_PRETRAIN, "layers": 4}}, "pretrain.layers: unknown pretraining setting"),
     ({"model": "/nonexistent/model", "pretrain": {}}, "is not a model dir with a world.json"),
-    ({"protocol": "asch", "params": {"confederates": 49}}, "extra speakers asked for"),
+    ({"protocol": "asch", "params": {"confederates": 51}}, "params.confederates: 51"),
     ({"sweep": {"params.confederates": [1, -2]}, "protocol": "asch"},
      "sweep (confederates=-2): params.confederates: -2"),
     ({"sweep": {"rounds": []}}, "sweep.rounds: give a non-empty list"),
@@ -180,3 +181,27 @@ def test_unwritable_out_and_invalid_keys_under_a_sweep_fail_before_any_work(tmp_
     with pytest.raises(ConfigError, match=r"graph.kind: unknown graph .rnig.*as written"):
         run_experiment({**BASE, "graph": "rnig", "sweep": {"graph": ["ring", "star"]}}, tmp_path / "s", progress=False)
     assert not (tmp_path / "s" / "config.yaml").exists()
+
+
+def test_speaker_labels_keep_trained_names_and_alias_the_rest():
+    from protocols.base import ProtocolError, speaker_labels
+    got = speaker_labels(["agent 3", "agent 120", "agent 0", "agent 77", "agent 3"])
+    assert got == {"agent 3": "agent 3", "agent 120": "agent 1", "agent 0": "agent 0", "agent 77": "agent 2"}
+    with pytest.raises(ProtocolError, match="tells at most 50 apart"):
+        speaker_labels([f"agent {i}" for i in range(100, 151)])
+
+
+@pytest.mark.parametrize("protocol, params", [("discussion", {}), ("asch", {"confederates": 2})])
+def test_a_population_of_more_than_fifty_talks_in_the_names_its_model_knows(protocol, params, small_dir, tmp_path):
+    cfg = {**BASE, "agents": 60, "personas": "neutral", "protocol": protocol, "params": params, "rounds": 1,
+           "graph": {"kind": "small_world", "k": 4, "p": 0.1}, "queries": {"people": 1, "relations": ["company"]}}
+    df = run_experiment(cfg, tmp_path / protocol, progress=False)
+    assert len(df) == 60 * 2 and df["agent"].nunique() == 60
+    shown = " ".join(df[df["round"] == 1]["context"])
+    labels = {int(x) for x in re.findall(r"agent (\d+)", shown)}
+    assert labels and max(labels) < 50          # every speaker is shown under a name the model was trained on
+    if protocol == "discussion":                # each agent heard all its neighbours, however many
+        from protocols.topology import build_graph
+        g = build_graph(cfg["graph"], [f"agent {i}" for i in range(60)], 0)
+        r1 = df[df["round"] == 1]
+        assert [len(p) for p in r1["peer_answers"]] == [g.degree(a) for a in r1["agent"]]

@@ -47,7 +47,7 @@ def layer_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam
     return torch.linalg.solve(a, k.T @ r).T.float()
 
 
-@register_editor("memit")
+@register_editor("memit", hparams=MEMITHyperParams, also=('world', 'check_current'))
 def memit(agent, requests, world=None, check_current: bool = True, **hparams) -> EditReport:
     """Apply all `requests` in one batch. Bad input raises before any work; any failure
     raises with the weights exactly as they were."""

@@ -71,7 +71,7 @@ def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], co
             "delta_norm": info["delta_norm"][0], "update_norm": float(upd.norm())}
 
 
-@register_editor("rome")
+@register_editor("rome", hparams=ROMEHyperParams, also=('world', 'check_current'))
 def rome(agent, requests, world=None, check_current: bool = True, **hparams) -> EditReport:
     """Edit `requests` one after another with ROME. Bad input raises before any work; any
     failure (NaN, bad layer) raises with the weights exactly as they were."""

@@ -329,7 +329,7 @@ def open_shard(mem: SideMemoryLinear, hp: WISEHyperParams, need: int) -> int:
     return mem.add_shard(mask)
 
 
-@register_editor("wise")
+@register_editor("wise", hparams=WISEHyperParams, also=('world',))
 def wise(agent, requests, world=None, **hparams) -> EditReport:
     """Write edits into a gated side memory at one down-projection (installed on first use).
     A failure (bad input before any work; NaN during it) leaves the model, side memory
