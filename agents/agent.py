@@ -15,6 +15,7 @@ import torch
 from agents.checkpoint import load_model_dir
 from agents.records import Belief, beliefs_from_scores, prompts_with_context
 from agents.scoring import candidate_logprobs, text_nll
+from agents.state import load_state, put_extensions, save_state, take_extensions
 from envs.facts import Query
 
 
@@ -103,10 +104,13 @@ class Agent:
         self.model.save_pretrained(path, safe_serialization=True)
         self.tokenizer.save_pretrained(path)
         (path / "agent.json").write_text(json.dumps({"name": self.name, "persona": self.persona}))
+        save_state({**self.state, **take_extensions(self.model)}, path)   # edit memory, a side memory...
         return path
 
     @classmethod
     def load(cls, path: str | Path, device: str | None = None, **kw) -> "Agent":
         meta_file = Path(path) / "agent.json"
         meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
-        return cls.from_dir(path, meta.get("name", "agent 0"), meta.get("persona", "neutral"), device, **kw)
+        agent = cls.from_dir(path, meta.get("name", "agent 0"), meta.get("persona", "neutral"), device, **kw)
+        agent.state = put_extensions(agent.model, load_state(path))
+        return agent

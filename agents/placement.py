@@ -27,6 +27,7 @@ import torch
 from agents.agent import Agent
 from agents.delta import Snapshot, add_delta, dense, factor, fingerprint, load_snapshot, save_snapshot
 from agents.records import Belief
+from agents.state import put_extensions, take_extensions
 from envs.facts import Query
 
 
@@ -166,6 +167,17 @@ def _check_new(placement: Placement, name: str) -> None:
         raise PlacementError(f"agent {name!r} already exists on this placement; names are unique")
 
 
+def extensions_of(model, name: str, base_model) -> dict:
+    """The registered extensions (agents/state.register_extension) `model` carries; an error
+    naming the agent when its modules changed in a way no extension accounts for."""
+    ext = take_extensions(model)
+    if not ext and structure(model) != structure(base_model):
+        raise PlacementError(f"agent {name!r}: its model's modules changed and no registered extension "
+                             "(agents.state.register_extension) says how to save them, so it is not the base plus "
+                             "a weight delta and method state")
+    return ext
+
+
 def structure(model) -> list[tuple[str, str]]:
     """The module tree (names and classes): a method that changes it (WISE's side memory)
     makes a model that is no longer the base plus a weight delta."""
@@ -235,11 +247,8 @@ class LocalPlacement(Placement):
 
     def snapshot(self, name: str) -> Snapshot:
         a = self._agent(name)
-        if structure(a.model) != structure(self.root.model):
-            raise PlacementError(f"agent {name!r}: its model's modules changed (a WISE side memory?), so it is "
-                                 "not the base plus a weight delta; save it with Agent.save and its method's own "
-                                 "persistence (evolution.wise.persist)")
-        return Snapshot(name, a.persona, factor(a.model.state_dict(), self.root.base, self.max_rank), a.state)
+        return Snapshot(name, a.persona, factor(a.model.state_dict(), self.root.base, self.max_rank),
+                        {**a.state, **extensions_of(a.model, name, self.root.model)})
 
     def restore(self, snap: Snapshot) -> Handle:
         for k in snap.delta:
@@ -248,7 +257,7 @@ class LocalPlacement(Placement):
                                      "does not have")
         a = self.root.spawn(snap.name, snap.persona)
         add_delta(a.model, snap.delta)
-        a.state = copy.deepcopy(snap.state)
+        a.state = put_extensions(a.model, copy.deepcopy(snap.state))
         self.agents[snap.name] = a
         self._versions[snap.name] = self._versions.get(snap.name, -1) + 1
         return Handle(self, snap.name)

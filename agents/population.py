@@ -31,7 +31,9 @@ from torch.func import functional_call
 from agents.agent import Agent, pick_device
 from agents.checkpoint import load_model_dir
 from agents.delta import Snapshot, add_delta, factor, fingerprint
-from agents.placement import Ask, Handle, Placement, PlacementError, _check_new, lookup, structure
+from agents.placement import (Ask, Handle, Placement, PlacementError, _check_new, extensions_of, lookup,
+                              structure)
+from agents.state import EXTENSIONS, put_extensions
 from agents.records import beliefs_from_scores, prompts_with_context
 from agents.scoring import candidate_logprobs, mask_dtype, packed_rows, score_packed, text_nll
 
@@ -125,9 +127,10 @@ class PopulationPlacement(Placement):
 
     def snapshot(self, name: str) -> Snapshot:
         s = self._slot(name)
-        if s.solo is not None:
-            raise PlacementError(f"agent {name!r}: its model's modules changed (a WISE side memory?), so it is "
-                                 "not the base plus a weight delta and cannot be snapshotted, moved or saved as one")
+        if s.solo is not None:      # base + its weight delta + what its method added (a side memory)
+            m = s.solo.model
+            return Snapshot(name, s.persona, factor(m.state_dict(), self.base, self.max_rank, self._linear_params),
+                            {**copy.deepcopy(s.solo.state), **extensions_of(m, name, self.model)})
         return Snapshot(name, s.persona, dict(s.delta), copy.deepcopy(s.state))
 
     def restore(self, snap: Snapshot) -> Handle:
@@ -135,9 +138,15 @@ class PopulationPlacement(Placement):
             if k not in self.base:
                 raise PlacementError(f"agent {snap.name!r}: its delta changes {k!r}, which this base model does not have")
         old = self.slots.get(snap.name)
+        solo = None
+        if any(k in EXTENSIONS for k in snap.state):      # it carries modules of its own: its own model
+            solo = Agent(self._bare_model(), self.tokenizer, snap.name, snap.persona, self.device, self.batch_size,
+                         self.base)
+            add_delta(solo.model, snap.delta)
+            solo.state = put_extensions(solo.model, copy.deepcopy(snap.state))
         self.slots[snap.name] = _Slot(old.id if old else self._next_id, snap.persona,
-                                      self._canonical(snap.delta), copy.deepcopy(snap.state),
-                                      old.version + 1 if old else 0)
+                                      {} if solo else self._canonical(snap.delta), copy.deepcopy(snap.state),
+                                      old.version + 1 if old else 0, solo)
         if old is None:
             self._next_id += 1
         self._packs = None
@@ -258,21 +267,30 @@ class PopulationPlacement(Placement):
         return out
 
     def generate_many(self, asks: list[tuple[str, list[str]]], max_new_tokens: int = 12) -> list[list[str]]:
-        """Greedy continuations, one prompt at a time (as `Agent.generate`), each with its agent's delta."""
-        tok, out = self.tokenizer, []
-        for name, prompts in asks:
+        """Greedy continuations of every agent's prompts, `batch_size` rows per `generate` call
+        (left-padded), each row with its agent's delta."""
+        tok = self.tokenizer
+        out = [[""] * len(prompts) for _, prompts in asks]
+        rows = []
+        for i, (name, prompts) in enumerate(asks):
             s = self._slot(name)
             if s.solo is not None:
-                out.append(s.solo.generate(prompts, max_new_tokens))
+                out[i] = s.solo.generate(prompts, max_new_tokens)
                 continue
-            texts = []
-            for p in prompts:
-                enc = tok(p, return_tensors="pt").to(self.device)
-                with torch.inference_mode(), self._rows_of(torch.tensor([self._row_id(s)])):
+            rows += [(i, j, self._row_id(s), p) for j, p in enumerate(prompts)]
+        side = tok.padding_side
+        tok.padding_side = "left"
+        try:
+            for k in range(0, len(rows), self.batch_size):
+                chunk = rows[k:k + self.batch_size]
+                enc = tok([p for *_, p in chunk], return_tensors="pt", padding=True).to(self.device)
+                with torch.inference_mode(), self._rows_of(torch.tensor([r for _, _, r, _ in chunk])):
                     ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
                                               pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-                texts.append(tok.decode(ids[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
-            out.append(texts)
+                for (i, j, _, _), seq in zip(chunk, ids[:, enc.input_ids.shape[1]:]):
+                    out[i][j] = tok.decode(seq, skip_special_tokens=True)
+        finally:
+            tok.padding_side = side
         return out
 
     def nll_many(self, asks: list[tuple[str, list[str]]], batch_size: int = 32) -> list[tuple[float, int]]:

@@ -17,15 +17,44 @@ import torch
 from safetensors.torch import load_file, save_file
 
 CODECS: dict[str, tuple[Callable, Callable]] = {}
+EXTENSIONS: dict[str, tuple[Callable, Callable]] = {}
 
 
 def register_state(key: str, to_tensors: Callable, from_tensors: Callable) -> None:
     CODECS[key] = (to_tensors, from_tensors)
 
 
+def register_extension(key: str, take: Callable, put: Callable) -> None:
+    """A method that adds modules to a model (WISE's side memory) says how its state leaves a
+    model and goes back into a plain one: `take(model) -> value or None` (None: not there),
+    `put(model, value)`. In a snapshot or a saved dir the value travels as agent state under
+    `key` (which needs a codec too), so the agent is base + delta + this state, and every
+    placement, `Agent.save` and `Agent.load` bring it back without a method-specific call."""
+    EXTENSIONS[key] = (take, put)
+
+
+def _builtins() -> None:
+    importlib.import_module("evolution.methods")         # the built-in methods register theirs
+
+
+def take_extensions(model) -> dict:
+    """{key: value} of the registered extensions this model carries."""
+    _builtins()
+    return {k: v for k, (take, _) in EXTENSIONS.items() if (v := take(model)) is not None}
+
+
+def put_extensions(model, state: dict) -> dict:
+    """Install the extension values found in `state` into `model`; the rest of the state."""
+    _builtins()
+    for k, v in state.items():
+        if k in EXTENSIONS:
+            EXTENSIONS[k][1](model, v)
+    return {k: v for k, v in state.items() if k not in EXTENSIONS}
+
+
 def _codec(key: str):
     if key not in CODECS:
-        importlib.import_module("evolution.methods")     # the built-in methods register theirs
+        _builtins()
     if key not in CODECS:
         raise ValueError(f"agent state {key!r} has no codec; its method must call "
                          "agents.state.register_state(key, to_tensors, from_tensors)")

@@ -58,6 +58,7 @@ class PlacementConfig:
     device: str | None = None        # default: the run's `device`
     max_rank: int = 32               # deltas of higher rank are kept dense
     max_loras: int = 4               # vllm: adapters in one batch
+    max_cpu_loras: int | None = None # vllm: adapters kept in CPU memory (default max(max_loras, 8))
     max_lora_rank: int = 8           # vllm: the largest adapter rank served
 
 
@@ -163,6 +164,7 @@ KINDS = {"name": str, "seed": int, "model": str, "pretrain": dict, "agents": int
          "placement.kind": str, "placement.actors": (int, type(None)), "placement.dedicated": bool,
          "placement.num_cpus": (float, int, type(None)), "placement.num_gpus": (float, int),
          "placement.device": (str, type(None)), "placement.max_rank": int, "placement.max_loras": int,
+         "placement.max_cpu_loras": (int, type(None)),
          "placement.max_lora_rank": int, "generations": (int, type(None)),
          "world_change.share": (float, int), "world_change.relations": list,
          "news.agents": int, "news.source": (str, type(None)), "news.hops": int,
@@ -397,6 +399,9 @@ def _check_placement(p: PlacementConfig) -> None:
     for key in ("max_rank", "max_loras", "max_lora_rank"):
         if getattr(p, key) < 1:
             raise ConfigError(f"placement.{key}: {getattr(p, key)}; give at least 1")
+    if p.max_cpu_loras is not None and p.max_cpu_loras < p.max_loras:
+        raise ConfigError(f"placement.max_cpu_loras: {p.max_cpu_loras}; give at least max_loras ({p.max_loras}), "
+                          "or leave it out")
     if p.kind != "ray" and (p.actors is not None or p.dedicated or p.num_cpus is not None or p.num_gpus):
         raise ConfigError(f"placement: actors, dedicated, num_cpus and num_gpus apply to kind 'ray' only, "
                           f"not {p.kind!r}; set placement.kind=ray or drop them")

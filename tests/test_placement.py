@@ -69,6 +69,19 @@ def test_local_and_population_give_the_same_beliefs_and_records(placements, smal
     assert_same(_discussion(hl, small_world), _discussion(hp, small_world))
 
 
+def test_generation_is_batched_across_agents_and_equals_one_at_a_time(placements, small_world):
+    (local, hl), (pop, hp) = placements
+    prompts = [small_world.query(p.name, rel).prompt for p in small_world.people[:3] for rel in ("company", "major")]
+    prompts[1] = "agent 3 answers Quasar . " + prompts[1]        # rows of different lengths share a batch
+    pop.batch_size = 5                                          # several batches, each with several agents
+    try:
+        batched = pop.generate_many([(h.name, prompts) for h in hp], max_new_tokens=4)
+    finally:
+        pop.batch_size = 32
+    alone = [local.agent(h.name).generate(prompts, max_new_tokens=4) for h in hl]
+    assert batched == alone and len({tuple(x) for x in alone}) > 1     # and the deltas show in the text
+
+
 def test_an_agent_change_touches_only_its_own_delta(small_dir, small_world):
     pop = PopulationPlacement.from_dir(small_dir)
     check_placement(lambda: pop, small_world)
@@ -94,7 +107,7 @@ def test_edit_memory_is_the_agents_own_and_is_saved(small_dir, small_world, tmp_
     assert (tmp_path / "a").exists() and not (tmp_path / "a.tmp").exists()
 
 
-def test_an_agent_with_a_side_memory_keeps_its_own_model(small_dir, small_world, small_agent):
+def test_an_agent_with_a_side_memory_keeps_its_own_model(small_dir, small_world, small_agent, tmp_path):
     from tests.edit_helpers import known_requests
     pop = PopulationPlacement.from_dir(small_dir)
     w, plain = pop.spawn("wise"), pop.spawn("plain")
@@ -105,8 +118,12 @@ def test_an_agent_with_a_side_memory_keeps_its_own_model(small_dir, small_world,
     qs = [reqs[0].query(small_world)] + small_world.queries()[:10]
     assert_same(w.beliefs(qs), ref.beliefs(qs))
     assert_same(plain.beliefs(qs), small_agent.beliefs(qs))
-    with pytest.raises(PlacementError, match="'wise'.*modules changed"):
-        pop.save("wise", small_dir.parent / "never")
+    # saved and loaded through any placement: base + delta + the side memory as method state
+    pop.save("wise", tmp_path / "wise")
+    for other in (PopulationPlacement.from_dir(small_dir), LocalPlacement.from_dir(small_dir)):
+        assert_same(other.load(tmp_path / "wise").beliefs(qs), ref.beliefs(qs))
+    w.edit(known_requests(small_agent, small_world, 2, seed=14)[1:], method="wise", world=small_world)
+    assert_same(pop.restore(pop.snapshot("wise")).beliefs(qs), w.beliefs(qs))    # a second edit, kept
 
 
 def test_factor_keeps_exact_low_rank_and_dense_otherwise():

@@ -122,6 +122,7 @@ BAD = [
     ({"sweep": {"rounds": []}}, "sweep.rounds: give a non-empty list"),
     ({"knowledge": {"split": "random"}}, "knowledge.split: 'random'"),
     ({"knowledge": {"split": "partition", "replay": -1}}, "replay >= 0"),
+    ({"placement": {"max_cpu_loras": 2}}, "placement.max_cpu_loras: 2; give at least max_loras (4)"),
 ]
 
 

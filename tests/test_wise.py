@@ -66,12 +66,18 @@ def test_uninstall_gives_back_the_original_model(small_agent, small_world, edite
 def test_save_and_load(small_world, edited, tmp_path):
     from agents.agent import Agent
     agent, reqs, _, _ = edited
-    agent.save(tmp_path)
-    save_side_memory(agent, tmp_path)
-    plain = Agent.load(tmp_path)
-    assert answers(plain, small_world, reqs) != [r.target for r in reqs]   # main memory only
-    load_side_memory(plain, tmp_path)
     probe = [r.query(small_world, f) for r in reqs for f in ("question", "heldout:0")]
+    agent.save(tmp_path / "a")                 # the side memory travels as agent state: no extra call
+    back = Agent.load(tmp_path / "a")
+    assert side_memory_of(back.model) is not None
+    assert [b.probs for b in back.beliefs(probe)] == [b.probs for b in agent.beliefs(probe)]
+    # a dir whose state was dropped is the main memory alone; the side memory files still load into it
+    save_side_memory(agent, tmp_path / "a")
+    for f in ("state.json", "state.safetensors"):
+        (tmp_path / "a" / f).unlink()
+    plain = Agent.load(tmp_path / "a")
+    assert answers(plain, small_world, reqs) != [r.target for r in reqs]   # main memory only
+    load_side_memory(plain, tmp_path / "a")
     assert [b.probs for b in plain.beliefs(probe)] == [b.probs for b in agent.beliefs(probe)]
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from agents.state import register_extension, register_state
 from evolution.requests import EditError
 from evolution.wise.memory import install, side_memory_of
 
@@ -68,3 +69,36 @@ def load_side_memory(agent, path: str | Path):
     mem.restore(st)
     mem.structure = meta.get("structure", {})
     return mem
+
+
+# -- the side memory as agent state: placements, Agent.save and Agent.load carry it -------------
+KEY = "wise_memory"
+
+
+def take_memory(model) -> dict | None:
+    mem = side_memory_of(model)
+    if mem is None:
+        return None
+    return {**mem.state(), "layer": mem.layer, "structure": dict(getattr(mem, "structure", {}))}
+
+
+def put_memory(model, value: dict) -> None:
+    mem = install(model, value["layer"])
+    dev = mem.weight.device
+    mem.restore({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in value.items()})
+    mem.structure = dict(value["structure"])
+
+
+def _to_tensors(value: dict):
+    meta = {"layer": value["layer"], "structure": value["structure"], "ref_norm": value["ref_norm"],
+            "shard_prompts": [[list(e) for e in shard] for shard in value["shard_prompts"]]}
+    return {f"{KEY}.{k}": value[k] for k in TENSORS}, meta
+
+
+def _from_tensors(tensors: dict, meta: dict) -> dict:
+    return {**{k: tensors[f"{KEY}.{k}"] for k in TENSORS}, "layer": meta["layer"], "structure": meta["structure"],
+            "ref_norm": meta["ref_norm"], "shard_prompts": [[tuple(e) for e in s] for s in meta["shard_prompts"]]}
+
+
+register_state(KEY, _to_tensors, _from_tensors)
+register_extension(KEY, take_memory, put_memory)
