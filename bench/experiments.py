@@ -120,8 +120,20 @@ def outdated(runs: Path) -> str:
 
 
 def individual(runs: Path) -> str:
-    out = runs / "individual_vs_group"
-    run_experiment(ROOT / "configs" / "individual_vs_group.yaml", out)
+    """The LoRA run of the config, and the same with MEMIT (an editor) as the individual update."""
+    parts = []
+    for method, sets in (("lora", []), ("memit", ["individual={method: memit, hparams: {}, replay: 0}"])):
+        out = runs / ("individual_vs_group" + ("" if method == "lora" else f"_{method}"))
+        run_experiment(ROOT / "configs" / "individual_vs_group.yaml", out, sets)
+        parts.append(_individual_table(out, method))
+    return ("\n\n".join(parts) + "\n\nThe same changed facts each generation (3 generations, 2% of people move "
+            "company), taught by LoRA (with replay) or by MEMIT (one batch of edits per generation) to 1 or to all 8 "
+            "agents; then discussion and consolidation (LoRA with replay) as in the default run. Cost = facts written "
+            "into weights (news x agents told; consolidation = facts the talk changed in some agent's answers). Per "
+            "seed: `metrics.csv` of `runs/individual_vs_group*`.\n")
+
+
+def _individual_table(out: Path, method: str) -> str:
     m = by_round(annotate(*load_run(out)))
     pts = _points(out)
     up = updates_table(out)
@@ -145,11 +157,8 @@ def individual(runs: Path) -> str:
         "facts taught (news)": ("news_facts", lambda x: f"{x.mean():.0f}"),
         "facts consolidated": ("consolidated", lambda x: f"{x.mean():.0f}")}).reset_index().rename(
         columns={"news": "agents told"})
-    return (f"{table.to_markdown(index=False)}\n\nThe same changed facts each generation (3 generations, 2% of "
-            "people move company), taught by LoRA to 1 or to all 8 agents; then discussion and consolidation as in "
-            "the default run. Cost = facts written into weights (news x agents told; consolidation = facts the talk "
-            "changed in some agent's answers). Per seed: "
-            f"`{out}/metrics.csv`.\n")
+    table.insert(0, "taught by", method)
+    return table.to_markdown(index=False)
 
 
 def asch(runs: Path) -> str:

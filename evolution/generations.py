@@ -33,7 +33,7 @@ import networkx as nx
 import pandas as pd
 
 from agents.delta import is_snapshot
-from agents.methods import method_kind
+from agents.methods import HPARAMS, editor, method_kind
 from agents.placement import Handle, Placement
 from envs.facts import Fact
 from envs.world import World
@@ -172,7 +172,12 @@ def update(handle: Handle, u: UpdateConfig, facts: list[Fact], world: World, rep
                             replay=fact_texts(world, replay) if u.replay else None, **hp)
     requests = [EditRequest(f.subject, f.relation, f.object, world.query(f.subject, f.relation).prompt)
                 for f in facts]
-    return handle.edit(requests, u.method, world=world, **u.hparams)
+    hp = dict(u.hparams)
+    if "check_current" in HPARAMS.get(editor(u.method), (None, ()))[1]:
+        # an agent may already answer a target (the talk made it so, or chance): the edit then
+        # reinforces it, as learning would, instead of stopping the run
+        hp.setdefault("check_current", False)
+    return handle.edit(requests, u.method, world=world, **hp)
 
 
 def consolidation_facts(records: list, agent: str, min_confidence: float) -> list[Fact]:

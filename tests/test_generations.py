@@ -191,3 +191,16 @@ def test_the_loop_does_not_know_its_placement(tiny_run, tmp_path):
     a, b = _sorted(population), _sorted(local)
     assert (a["answer"] == b["answer"]).all()
     assert max(abs(x - y) for p, q in zip(a["probs"], b["probs"]) for x, y in zip(p, q)) < 1e-3
+
+
+def test_an_edit_to_what_the_agent_already_answers_reinforces_instead_of_stopping(small_dir, small_world):
+    from agents.placement import make_placement
+    from envs.facts import Fact
+    from evolution.run_config import UpdateConfig
+    p = make_placement("population", small_dir)
+    h = p.spawn("agent 0")
+    person = next(x for x in small_world.people if x.taught)
+    q = small_world.query(person.name, "company")
+    held = h.beliefs([q])[0].answer                     # the target is the agent's own answer
+    gen_mod.update(h, UpdateConfig(method="rome"), [Fact(person.name, "company", held)], small_world, [], 0)
+    assert h.beliefs([q])[0].answer == held and h.version == 1
