@@ -120,14 +120,14 @@ def outdated(runs: Path) -> str:
 
 
 def individual(runs: Path) -> str:
-    """The LoRA run of the config, and the same with MEMIT (an editor) as the individual update."""
+    """The LoRA run of the config, and the same with FT-L (an editor) as the individual update."""
     parts = []
-    for method, sets in (("lora", []), ("memit", ["individual={method: memit, hparams: {}, replay: 0}"])):
+    for method, sets in (("lora", []), ("ft_l", ["individual={method: ft_l, hparams: {}, replay: 0}"])):
         out = runs / ("individual_vs_group" + ("" if method == "lora" else f"_{method}"))
         run_experiment(ROOT / "configs" / "individual_vs_group.yaml", out, sets)
         parts.append(_individual_table(out, method))
     return ("\n\n".join(parts) + "\n\nThe same changed facts each generation (3 generations, 2% of people move "
-            "company), taught by LoRA (with replay) or by MEMIT (one batch of edits per generation) to 1 or to all 8 "
+            "company), taught by LoRA (with replay) or by FT-L edits (one request per fact) to 1 or to all 8 "
             "agents; then discussion and consolidation (LoRA with replay) as in the default run. Cost = facts written "
             "into weights (news x agents told; consolidation = facts the talk changed in some agent's answers). Per "
             "seed: `metrics.csv` of `runs/individual_vs_group*`.\n")

@@ -26,7 +26,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import networkx as nx
@@ -173,7 +173,8 @@ def update(handle: Handle, u: UpdateConfig, facts: list[Fact], world: World, rep
     requests = [EditRequest(f.subject, f.relation, f.object, world.query(f.subject, f.relation).prompt)
                 for f in facts]
     hp = dict(u.hparams)
-    if "check_current" in HPARAMS.get(editor(u.method), (None, ()))[1]:
+    cls, also = HPARAMS.get(editor(u.method), (None, ()))
+    if "check_current" in also or (cls is not None and "check_current" in {f.name for f in fields(cls)}):
         # an agent may already answer a target (the talk made it so, or chance): the edit then
         # reinforces it, as learning would, instead of stopping the run
         hp.setdefault("check_current", False)

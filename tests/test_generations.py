@@ -202,5 +202,6 @@ def test_an_edit_to_what_the_agent_already_answers_reinforces_instead_of_stoppin
     person = next(x for x in small_world.people if x.taught)
     q = small_world.query(person.name, "company")
     held = h.beliefs([q])[0].answer                     # the target is the agent's own answer
-    gen_mod.update(h, UpdateConfig(method="rome"), [Fact(person.name, "company", held)], small_world, [], 0)
-    assert h.beliefs([q])[0].answer == held and h.version == 1
+    for method in ("rome", "ft_l"):            # check_current as a keyword and as an hparam
+        gen_mod.update(h, UpdateConfig(method=method), [Fact(person.name, "company", held)], small_world, [], 0)
+    assert h.beliefs([q])[0].answer == held and h.version == 2
