@@ -363,6 +363,11 @@ def _check_generations(cfg: RunConfig, world: World) -> None:
         _check_update("consolidation", c)
     if not 0 <= c.min_confidence <= 1:
         raise ConfigError(f"consolidation.min_confidence: {c.min_confidence}; give a probability in [0, 1]")
+    from evolution.generations import make_plan     # the plan is cheap: draw it now, not after the model loads
+    try:
+        make_plan(cfg, world)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _check_update(key: str, u) -> None:

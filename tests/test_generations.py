@@ -136,6 +136,7 @@ def test_a_run_killed_in_any_phase_resumes_to_the_same_records(tiny_run, tmp_pat
     ({"world_change": {"relations": ["company_city"]}}, "follows 'company'"),
     ({"individual": {"method": "rome", "replay": 0.5}}, "replay applies to learners"),
     ({"generations": None}, "applies to generation runs only"),
+    ({"world_change": {"share": 1.0, "relations": ["company"]}}, "keep their facts through the run"),
 ])
 def test_bad_input_is_refused_before_any_work(change, message, tmp_path):
     cfg = copy.deepcopy(TINY)
