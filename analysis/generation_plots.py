@@ -41,13 +41,6 @@ def plot_accuracy_over_generations(metrics: pd.DataFrame, path) -> Path:
     return _save(fig, path)
 
 
-def _step_axis(metrics: pd.DataFrame) -> tuple[np.ndarray, list[str]]:
-    """x positions: generations side by side, rounds within them."""
-    rounds = int(metrics["round"].max()) + 1
-    x = metrics["generation"].to_numpy() * (rounds + 1) + metrics["round"].to_numpy()
-    return x, [f"g{g}" for g in sorted(metrics["generation"].unique())]
-
-
 def plot_consensus_over_generations(metrics: pd.DataFrame, path) -> Path:
     _need(metrics, ["generation", "round", "consensus", "unanimous"], "consensus")
     fig = Figure(figsize=(6.4, 3.2))

@@ -20,10 +20,10 @@ from evolution.outputs import write_whole
 VOTER_SEEDS = 20
 
 
-def write_metrics(run_dir) -> pd.DataFrame:
-    """metrics.csv: one row per (sweep point, generation, round)."""
-    records, facts = load_run(run_dir)
-    t = by_round(annotate(records, facts))
+def write_metrics(run_dir, d: pd.DataFrame | None = None) -> pd.DataFrame:
+    """metrics.csv: one row per (sweep point, generation, round), from the run's `annotate`d
+    records (read from the run dir when not given)."""
+    t = by_round(annotate(*load_run(run_dir)) if d is None else d)
     write_whole(Path(run_dir) / "metrics.csv", t.to_csv(index=False, float_format="%.4f"))
     return t
 
@@ -75,10 +75,9 @@ def belief_of(row) -> str:
     return "other"
 
 
-def trial_tables(d: pd.DataFrame, cfg) -> dict:
-    """Everything a report section shows for one sweep point."""
+def trial_tables(d: pd.DataFrame, metrics: pd.DataFrame, cfg) -> dict:
+    """Everything a report section shows for one sweep point (its records and `by_round` rows)."""
     from protocols.topology import build_graph
-    metrics = by_round(d)
     rounds = int(d["round"].max())
     graph = build_graph(cfg.graph, cfg.agent_names, cfg.seed)
     out = {"metrics": metrics, "conformity": conformity_by_majority(d), "graph": graph, "rounds": rounds,
@@ -158,14 +157,14 @@ def build_report(run_dir) -> Path:
     configs = _configs(run)
     plots = run / "plots"
     plots.mkdir(exist_ok=True)
-    write_metrics(run)
+    metrics = write_metrics(run, d)
     body, summary = [], []
     for i, (name, part) in enumerate(d.groupby("run", sort=False)):
         cfg = configs.get(name)
         if cfg is None:
             raise ValueError(f"records: run {name!r} is not a point of {str(run / 'config.yaml')!r}; the run dir "
                              "mixes runs of other configs")
-        t = trial_tables(part, cfg)
+        t = trial_tables(part, metrics[metrics["run"] == name].reset_index(drop=True), cfg)
         lines = summary_lines(name, cfg, t)
         summary += lines
         p = lambda stem: plots / f"{i:03d}-{stem}.png"

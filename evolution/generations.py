@@ -38,7 +38,7 @@ from agents.placement import Handle, Placement
 from envs.facts import Fact
 from envs.world import World
 from evolution.finetune import fact_texts
-from evolution.outputs import write_whole
+from evolution.outputs import agent_dir, write_whole
 from evolution.parts import finished_records, merge_parts, write_part
 from evolution.requests import EditRequest
 from evolution.run import assign_personas, finished_protocol
@@ -194,10 +194,6 @@ def consolidation_facts(records: list, agent: str, min_confidence: float) -> lis
 
 
 # -- checkpoints ---------------------------------------------------------------------------------------
-def _agent_dir(phase_dir: Path, name: str) -> Path:
-    return phase_dir / name.replace(" ", "_")
-
-
 def updates_table(run_dir) -> pd.DataFrame:
     """Facts written into each agent, per point, generation and kind of update (news,
     misinformation, consolidation), from the finished phases' DONE files."""
@@ -267,24 +263,26 @@ def run_point(i: int, label: str, cfg: RunConfig, placement: Placement, world0: 
         for n, p in zip(names, personas):
             live[n] = placement.load(latest[n], n) if n in latest else placement.spawn(n, p)
 
+    def reload(n: str, path: Path) -> None:
+        placement.remove(n)
+        live[n], latest[n] = placement.load(path, n), path
+
     def phase(g: int, what: str, fn) -> None:
         """Run one weight-changing phase of generation g, skipping agents it already saved."""
         d = ckpt / f"g{g:02d}-{what}"
         if (d / "DONE").exists():
-            saved = {n: _agent_dir(d, n) for n in names if is_snapshot(_agent_dir(d, n))}
+            saved = {n: agent_dir(d, n) for n in names if is_snapshot(agent_dir(d, n))}
             latest.update(saved)
             for n in saved if live else ():      # agents already up: take the phase's result
-                placement.remove(n)
-                live[n] = placement.load(saved[n], n)
+                reload(n, saved[n])
             bar.step(f"g{g} {what} (done before)")
             return
         ensure_live()
         report = {}
         for n in names:
-            saved = _agent_dir(d, n)
+            saved = agent_dir(d, n)
             if is_snapshot(saved):                  # this agent finished the phase before a crash
-                placement.remove(n)
-                live[n], latest[n] = placement.load(saved, n), saved
+                reload(n, saved)
                 continue
             got = fn(n)
             if got is not None or what == "consolidate":

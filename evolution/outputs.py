@@ -65,3 +65,8 @@ def write_whole(path: str | Path, text: str) -> Path:
     tmp.write_text(text)
     tmp.replace(path)
     return path
+
+
+def agent_dir(parent: str | Path, name: str) -> Path:
+    """Where an agent's checkpoint goes under `parent` (its name, spaces as underscores)."""
+    return Path(parent) / name.replace(" ", "_")

@@ -22,7 +22,7 @@ from agents.delta import is_snapshot
 from agents.placement import Handle, Placement, PlacementError, make_placement
 from agents.pretrain import PretrainConfig, bio_text, pretrained_dir, sample_texts
 from envs.world import World
-from evolution.outputs import check_writable
+from evolution.outputs import agent_dir, check_writable
 from evolution.parts import finished_records, merge_parts, write_part
 from evolution.run_config import ConfigError, RunConfig, load, parse, people_pool, pretrain_config
 from protocols.base import Board, keyed_rng
@@ -91,7 +91,7 @@ def build_agents(cfg: RunConfig, placement: Placement, model_dir: Path, world: W
     key = agents_key(cfg)
     handles = []
     for name, persona, mine in zip(names, personas, shares):
-        saved = out / "agents" / key / name.replace(" ", "_")
+        saved = agent_dir(out / "agents" / key, name)
         if mine and is_snapshot(saved):
             handles.append(placement.load(saved, name))
             continue
