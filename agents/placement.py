@@ -274,7 +274,8 @@ KINDS = ("local", "population", "ray", "vllm")
 def make_placement(kind: str, model_dir: str | Path, device: str | None = None, batch_size: int = 32,
                    max_rank: int = 32, **ray_kw) -> Placement:
     """The placement `kind` on the model in `model_dir` (`ray_kw`: actors, dedicated, num_cpus,
-    num_gpus, address for kind 'ray'; max_loras, max_lora_rank, ... for kind 'vllm')."""
+    num_gpus, address and serve ('population' or 'vllm': what each actor runs) for kind 'ray';
+    max_loras, max_lora_rank, ... for kind 'vllm' and for kind 'ray' serving 'vllm')."""
     if kind == "local":
         return LocalPlacement.from_dir(model_dir, device, batch_size, max_rank=max_rank)
     if kind == "population":

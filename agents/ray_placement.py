@@ -1,4 +1,6 @@
-"""The population sharded over Ray actors, each a `PopulationPlacement` on its shard.
+"""The population sharded over Ray actors, each a placement on its shard: a `PopulationPlacement`
+(`serve="population"`, the default) or a vLLM engine with each agent a LoRA adapter
+(`serve="vllm"`: one engine per actor, hence per device).
 
 One actor per device by default (`actors: N` to choose; `dedicated=True`: one actor per agent,
 for comparison). A round phase sends every actor its agents' asks at once and waits for all.
@@ -20,14 +22,18 @@ from agents.delta import Snapshot
 from agents.placement import Ask, Handle, Placement, PlacementError, _check_new, lookup
 
 
-class _Shard:
-    """The actor: a population placement on part of the agents."""
+SERVES = ("population", "vllm")
 
-    def __init__(self, model_dir: str, device: str | None, batch_size: int, max_rank: int, threads: int):
+
+class _Shard:
+    """The actor: a placement of kind `serve` on part of the agents."""
+
+    def __init__(self, serve: str, model_dir: str, device: str | None, batch_size: int, max_rank: int,
+                 threads: int, serve_kw: dict):
         import torch
         torch.set_num_threads(threads)
-        from agents.population import PopulationPlacement
-        self.p = PopulationPlacement.from_dir(model_dir, device, batch_size, max_rank=max_rank)
+        from agents.placement import make_placement
+        self.p = make_placement(serve, model_dir, device, batch_size, max_rank, **serve_kw)
 
     def ready(self) -> str:
         return self.p.base_fingerprint()
@@ -58,6 +64,9 @@ class _Shard:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def close(self) -> None:
+        self.p.close()
 
 
 def check_address(address: str, timeout: float = 10.0) -> None:
@@ -93,10 +102,18 @@ def ensure_ray(address: str | None = None):
 
 class RayPlacement(Placement):
     kind = "ray"
+    shard_class = _Shard        # what each actor runs (a subclass injects faults in the tests)
 
     def __init__(self, model_dir: str | Path, actors: int | None = None, dedicated: bool = False,
                  num_cpus: float | None = None, num_gpus: float = 0.0, device: str | None = None,
-                 batch_size: int = 32, max_rank: int = 32, address: str | None = None, max_restarts: int = 3):
+                 batch_size: int = 32, max_rank: int = 32, address: str | None = None, max_restarts: int = 3,
+                 serve: str = "population", **serve_kw):
+        """`serve_kw`: the shard placement's own options (vllm: max_loras, max_lora_rank, ...)."""
+        if serve not in SERVES:
+            raise PlacementError(f"placement.serve: {serve!r}; use one of {list(SERVES)}")
+        if serve == "vllm" and dedicated:
+            raise PlacementError("placement: dedicated with serve 'vllm' would start a vLLM engine per agent; "
+                                 "drop dedicated (each agent is an adapter on its actor's engine)")
         ray = ensure_ray(address)
         have = ray.cluster_resources()
         if num_gpus and num_gpus > have.get("GPU", 0):
@@ -116,9 +133,10 @@ class RayPlacement(Placement):
                                  f"{have.get('CPU', 0)} CPUs; lower actors or num_cpus")
         use_gpus = num_gpus if num_gpus else (1.0 if gpus and not dedicated else 0.0)
         self._opts = dict(num_cpus=cpus, num_gpus=use_gpus, max_restarts=max_restarts)
-        self._args = (str(model_dir), device or ("cuda" if use_gpus else "cpu"), batch_size, max_rank,
-                      max(1, int(cpus)))
-        self._Shard = ray.remote(_Shard)
+        self.serve = serve
+        self._args = (serve, str(model_dir), device or ("cuda" if use_gpus else "cpu"), batch_size, max_rank,
+                      max(1, int(cpus)), serve_kw)
+        self._Shard = ray.remote(self.shard_class)
         self.ready_timeout = 300.0
         self._fp = None
         self._spare: int | None = None      # dedicated: an actor started before its agent (base_fingerprint)
@@ -281,5 +299,9 @@ class RayPlacement(Placement):
     def close(self) -> None:
         import ray
         for a in self.actors:
+            try:
+                ray.get(a.close.remote(), timeout=60)       # the shard's own clean-up (vllm: its adapter dir)
+            except Exception:  # noqa: BLE001 - a dead or hung actor is killed all the same
+                pass
             ray.kill(a)
         self.actors = []

@@ -110,9 +110,10 @@ def build_agents(cfg: RunConfig, placement: Placement, model_dir: Path, world: W
 
 def placement_for(cfg: RunConfig, model_dir: Path) -> Placement:
     p = cfg.placement
-    kw = {"ray": dict(actors=p.actors, dedicated=p.dedicated, num_cpus=p.num_cpus, num_gpus=p.num_gpus),
-          "vllm": dict(max_loras=p.max_loras, max_cpu_loras=p.max_cpu_loras,
-                       max_lora_rank=p.max_lora_rank)}.get(p.kind, {})
+    lora = dict(max_loras=p.max_loras, max_cpu_loras=p.max_cpu_loras, max_lora_rank=p.max_lora_rank)
+    kw = {"ray": dict(actors=p.actors, dedicated=p.dedicated, num_cpus=p.num_cpus, num_gpus=p.num_gpus,
+                      serve=p.serve, **(lora if p.serve == "vllm" else {})),
+          "vllm": lora}.get(p.kind, {})
     try:
         return make_placement(p.kind, model_dir, p.device or cfg.device, cfg.batch_size, p.max_rank, **kw)
     except PlacementError as e:

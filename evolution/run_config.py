@@ -51,6 +51,7 @@ class KnowledgeConfig:
 class PlacementConfig:
     """Where the agents live (agents/placement.py); records do not depend on it."""
     kind: str = "population"         # local | population | ray | vllm
+    serve: str = "population"        # ray: what each actor runs, population | vllm (an engine per actor)
     actors: int | None = None        # ray: actors (default one per device)
     dedicated: bool = False          # ray: one actor per agent (for comparison)
     num_cpus: float | None = None    # ray: CPUs per actor (default 1; dedicated 0.01)
@@ -161,7 +162,8 @@ KINDS = {"name": str, "seed": int, "model": str, "pretrain": dict, "agents": int
          "queries.people": int, "queries.relations": (list, str), "queries.who": str, "queries.form": str,
          "knowledge.split": str, "knowledge.copies": int, "knowledge.texts_per_person": int,
          "knowledge.epochs": int, "knowledge.lr": (float, int), "knowledge.replay": (float, int),
-         "placement.kind": str, "placement.actors": (int, type(None)), "placement.dedicated": bool,
+         "placement.kind": str, "placement.serve": str, "placement.actors": (int, type(None)),
+         "placement.dedicated": bool,
          "placement.num_cpus": (float, int, type(None)), "placement.num_gpus": (float, int),
          "placement.device": (str, type(None)), "placement.max_rank": int, "placement.max_loras": int,
          "placement.max_cpu_loras": (int, type(None)),
@@ -389,12 +391,19 @@ def _check_placement(p: PlacementConfig) -> None:
     kinds = ("local", "population", "ray", "vllm")
     if p.kind not in kinds:
         raise ConfigError(f"placement.kind: {p.kind!r}; use one of {list(kinds)}")
-    if p.kind == "vllm":
+    if p.serve not in ("population", "vllm"):
+        raise ConfigError(f"placement.serve: {p.serve!r}; use 'population' or 'vllm' (what each Ray actor runs)")
+    if p.serve != "population" and p.kind != "ray":
+        raise ConfigError(f"placement.serve applies to kind 'ray' only, not {p.kind!r}; set placement.kind=ray "
+                          "(an engine per actor) or drop it")
+    if p.serve == "vllm" and p.dedicated:
+        raise ConfigError("placement.dedicated: not with serve 'vllm' (a vLLM engine per agent); drop it")
+    if p.kind == "vllm" or p.serve == "vllm":
         try:
             import vllm  # noqa: F401
         except ImportError:
-            raise ConfigError("placement.kind: 'vllm' needs vLLM: pip install -e .[serve-cpu] on CPU, "
-                              "pip install vllm on GPU") from None
+            raise ConfigError(f"placement.{'kind' if p.kind == 'vllm' else 'serve'}: 'vllm' needs vLLM: "
+                              "pip install -e .[serve-cpu] on CPU, pip install vllm on GPU") from None
     if p.actors is not None and p.actors < 1:
         raise ConfigError(f"placement.actors: {p.actors}; give at least 1, or leave it out (one per device)")
     if p.num_cpus is not None and not p.num_cpus > 0:

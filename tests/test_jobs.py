@@ -4,6 +4,7 @@ records of an uninterrupted run; the same run submitted with `ray job submit` to
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -70,9 +71,12 @@ def test_ray_job_submit_runs_the_job_unchanged(reference, tmp_path):
     pytest.importorskip("ray")
     d, ref = reference
     ray_bin = Path(sys.executable).with_name("ray")
-    # Ray 2.60 starts heads with token authentication; the client must use it too (the token is
-    # written to ~/.ray/auth_token by the head)
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token"}
+    # the cluster with token authentication, as the README's recipe: the token is the test's own
+    # file (RAY_AUTH_TOKEN_PATH), so neither a ~/.ray/auth_token left by an earlier Ray nor its
+    # absence on a fresh machine changes what happens
+    token = tmp_path / "auth_token"
+    token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     gcs, dash = _free_port(), _free_port()
     subprocess.run([str(ray_bin), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}",
                     "--num-cpus=2", "--include-dashboard=true", "--dashboard-host=127.0.0.1",

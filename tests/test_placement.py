@@ -148,7 +148,10 @@ def test_bad_placements_are_refused_before_any_work(small_dir, tmp_path):
                            ({"kind": "ray", "num_cpus": 0}, "placement.num_cpus: 0"),
                            ({"kind": "ray", "actors": 0}, "placement.actors: 0"),
                            ({"kind": "local", "max_rank": 0}, "placement.max_rank: 0"),
-                           ({"kind": "population", "dedicated": "yes"}, "placement.dedicated: 'yes' has the wrong type")]:
+                           ({"kind": "population", "dedicated": "yes"}, "placement.dedicated: 'yes' has the wrong type"),
+                           ({"kind": "ray", "serve": "tgi"}, r"placement.serve: 'tgi'; use 'population' or 'vllm'"),
+                           ({"kind": "population", "serve": "vllm"}, "placement.serve applies to kind 'ray' only"),
+                           ({"kind": "ray", "serve": "vllm", "dedicated": True}, "placement.dedicated: not with serve")]:
         with pytest.raises(ConfigError, match=msg):
             run_experiment({**BASE, "placement": placement}, tmp_path / "x", progress=False)
         assert not (tmp_path / "x" / "config.yaml").exists()
@@ -202,6 +205,48 @@ def test_ray_actors_give_the_local_records_and_survive_a_killed_actor(ray_cluste
         assert rp.pids()[1] != pids[1]
         with pytest.raises(PlacementError, match="num_gpus: 1 per actor, but the Ray cluster has 0"):
             RayPlacement(small_dir, num_gpus=1)
+    finally:
+        rp.close()
+
+
+def test_an_actor_that_dies_in_the_middle_of_a_round_is_restarted_and_its_asks_resent(
+        ray_cluster, placements, small_dir, small_world, tmp_path):
+    """The actor holding half the agents kills its own process while answering a discussion
+    round's asks (after the round began, before it answered): Ray restarts it, the driver
+    restores its shard and sends the asks again; the records equal the local run's, none
+    missing, none twice."""
+    import os
+    import signal
+
+    from agents.ray_placement import RayPlacement, _Shard
+    marker = str(tmp_path / "die once")
+
+    class DiesInARound(_Shard):
+        def beliefs_many(self, asks):
+            if any(a.context for a in asks):                  # a round after round 0
+                try:
+                    os.remove(marker)                          # one actor, once: the restarted one lives
+                except FileNotFoundError:
+                    pass
+                else:
+                    os.kill(os.getpid(), signal.SIGKILL)
+            return super().beliefs_many(asks)
+
+    class Faulty(RayPlacement):
+        shard_class = DiesInARound
+
+    (local, hl), _ = placements
+    rp = Faulty(small_dir, actors=2)
+    try:
+        hr = give_deltas(rp, small_world, N)
+        pids = rp.pids()
+        open(marker, "w").close()
+        want, got = _discussion(hl, small_world), _discussion(hr, small_world)
+        assert not os.path.exists(marker), "no actor died: the fault was never injected"
+        assert sum(a != b for a, b in zip(pids, rp.pids())) == 1            # one actor was restarted
+        key = lambda r: (r.round, r.agent, r.subject, r.relation)
+        assert len({key(r) for r in got}) == len(got)                       # nothing written twice
+        assert_same(sorted(want, key=key), sorted(got, key=key))
     finally:
         rp.close()
 

@@ -88,3 +88,36 @@ def test_the_vllm_placement_serves_each_agent_as_its_adapter(scorer, small_dir, 
             vp.beliefs_many([Ask("agent 1", queries[:2])])
     finally:
         vp.close()
+
+
+def test_vllm_engines_on_ray_actors_serve_the_sharded_agents(small_dir, small_agent, small_world):
+    """`kind: ray, serve: vllm`: a vLLM engine inside each of 2 Ray actors, 4 ROME-edited agents
+    sharded over them, one call: the argmax of the population placement; an agent vLLM cannot
+    serve is refused by name from inside its actor."""
+    require_vllm()
+    ray = pytest.importorskip("ray")
+    from agents.placement import Ask, PlacementError
+    from agents.population import PopulationPlacement
+    from agents.ray_placement import RayPlacement
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    rp = None
+    try:
+        rp = RayPlacement(small_dir, actors=2, serve="vllm", max_lora_rank=8, max_loras=4)
+        pop = PopulationPlacement.from_dir(small_dir)
+        reqs = known_requests(small_agent, small_world, 4, seed=7)
+        for p in (rp, pop):
+            for i, r in enumerate(reqs):
+                p.spawn(f"agent {i}").edit([r], method="rome", world=small_world)
+        assert sorted(set(rp.where.values())) == [0, 1]
+        queries = [r.query(small_world) for r in reqs] + random.Random(3).sample(small_world.queries(), 12)
+        asks = [Ask(f"agent {i}", queries) for i in range(4)]
+        got, want = rp.beliefs_many(asks), pop.beliefs_many(asks)
+        for i in range(4):
+            assert_same_beliefs(want[i], got[i])
+        rp.learn("agent 2", [f"{q.prompt} {q.truth}" for q in queries[4:8]], "lora", epochs=1, rank=4)
+        with pytest.raises(PlacementError, match="agent 'agent 2': its delta changes .*q_proj"):
+            rp.beliefs_many([Ask("agent 2", queries[:2])])
+    finally:
+        if rp is not None:
+            rp.close()
+        ray.shutdown()
