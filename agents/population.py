@@ -323,8 +323,9 @@ class PopulationPlacement(Placement):
         return _Rows()
 
     def _ensure_packs(self) -> None:
-        """Per module: the low-rank factors of every agent stacked ([slots, out, R], [slots, R, in],
-        slot 0 zero) and each agent's slot; the dense changes per agent id."""
+        """Per module: the low-rank factors of every agent stacked, transposed for the batched
+        matmuls (`At` [slots, in, R], `Bt` [slots, R, out], slot 0 zero) and each agent's slot;
+        the dense changes per agent id."""
         if self._packs is not None:
             return
         packs: dict[str, dict] = {}
@@ -342,14 +343,14 @@ class PopulationPlacement(Placement):
             if low:
                 r = max(b.shape[1] for b, _ in low.values())
                 ref = self.modules[mname].weight
-                B = torch.zeros(len(low) + 1, ref.shape[0], r, dtype=ref.dtype, device=self.device)
-                A = torch.zeros(len(low) + 1, r, ref.shape[1], dtype=ref.dtype, device=self.device)
+                Bt = torch.zeros(len(low) + 1, r, ref.shape[0], dtype=ref.dtype, device=self.device)
+                At = torch.zeros(len(low) + 1, ref.shape[1], r, dtype=ref.dtype, device=self.device)
                 slot_of = torch.zeros(n_ids, dtype=torch.long, device=self.device)
                 for j, (aid, (b, a)) in enumerate(low.items(), start=1):
-                    B[j, :, :b.shape[1]] = b.to(B)
-                    A[j, :a.shape[0]] = a.to(A)
+                    Bt[j, :b.shape[1]] = b.T.to(Bt)
+                    At[j, :, :a.shape[0]] = a.T.to(At)
                     slot_of[aid] = j
-                pk["B"], pk["A"], pk["slot_of"] = B, A, slot_of
+                pk["Bt"], pk["At"], pk["slot_of"] = Bt, At, slot_of
             pk["dense"] = {aid: {p: (self.modules[mname]._parameters[p] + d.to(self.device)).detach()
                                  for p, d in ds.items()} for aid, ds in pk["dense"].items()}
         self._packs = packs
@@ -363,11 +364,17 @@ class PopulationPlacement(Placement):
             if not isinstance(out, torch.Tensor) or out.shape[0] != rows.shape[0]:
                 raise PlacementError(f"module {mname!r} ({type(module).__name__}): its output is not one "
                                      "tensor per batch row, so a per-agent change to it cannot be applied here")
-            if "B" in pk:
+            if "Bt" in pk:
                 g = pk["slot_of"][rows]
                 if bool((g > 0).any()):
-                    h = torch.matmul(args[0], pk["A"][g].transpose(1, 2))       # [b, s, R]
-                    out = out + torch.matmul(h, pk["B"][g].transpose(1, 2))     # [b, s, out]
+                    x = args[0]
+                    h = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), pk["At"][g])    # [b, s, R]
+                    out = out if out.is_contiguous() else out.contiguous()
+                    flat = out.view(out.shape[0], -1, out.shape[-1])
+                    if torch.is_grad_enabled() and out.requires_grad:
+                        out = torch.baddbmm(flat, h, pk["Bt"][g]).view(out.shape)
+                    else:           # in place: a new [b, s, out] tensor per module cost more than the matmuls
+                        flat.baddbmm_(h, pk["Bt"][g])
             if pk["dense"]:
                 present = set(rows.tolist())
                 out = out.clone()

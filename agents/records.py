@@ -51,11 +51,17 @@ def to_frame(beliefs: list[Belief]) -> pd.DataFrame:
 def beliefs_from_scores(queries, contexts: list[str], scores, agent: str = "", **fields) -> list[Belief]:
     """Belief records from summed candidate log-probs (any backend's)."""
     import torch
+    scores = [torch.as_tensor(s, dtype=torch.float64) for s in scores]
+    by_len: dict[int, list[int]] = {}
+    for i, s in enumerate(scores):
+        by_len.setdefault(len(s), []).append(i)
+    probs_of: list = [None] * len(scores)
+    for idx in by_len.values():            # one softmax per candidate count, not per query
+        for i, p in zip(idx, torch.softmax(torch.stack([scores[i] for i in idx]), 1).tolist()):
+            probs_of[i] = [round(x, 6) for x in p]
     out = []
-    for q, c, s in zip(queries, contexts, scores):
-        p = torch.softmax(torch.as_tensor(s, dtype=torch.float64), 0)
-        a = int(p.argmax())
-        probs = [round(float(x), 6) for x in p]
+    for q, c, s, probs in zip(queries, contexts, scores, probs_of):
+        a = int(s.argmax())
         out.append(Belief(q.subject, q.relation, q.prompt, list(q.candidates), probs, q.candidates[a], q.truth,
                           probs[a], probs[q.candidates.index(q.truth)] if q.truth else None,
                           agent=agent, context=c, **fields))

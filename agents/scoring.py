@@ -81,24 +81,29 @@ def _segments(cands: list[list[int]]) -> _Segments:
     return _Segments(t(tokens), t(offsets), t(segments), t(cols), t(toks), t(owner), len(cands))
 
 
-def packed_row(prompt: list[int], seg: _Segments) -> PackedRow:
-    n = len(prompt)
-    p = torch.tensor(prompt, dtype=torch.long)
-    return PackedRow(torch.cat([p, seg.tokens]), torch.cat([torch.arange(n), seg.offsets + n]),
-                     torch.cat([torch.full((n,), -1, dtype=torch.long), seg.segments]),
-                     torch.where(seg.cols < 0, n - 1, seg.cols + n), seg.toks, seg.owner, seg.n_cands)
+def row_layout(n: int, seg: _Segments) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(positions, segments, cols) of a row whose prompt has n tokens: the same for every
+    prompt of that length with these candidates, so built once per (candidates, n)."""
+    return (torch.cat([torch.arange(n), seg.offsets + n]),
+            torch.cat([torch.full((n,), -1, dtype=torch.long), seg.segments]),
+            torch.where(seg.cols < 0, n - 1, seg.cols + n))
 
 
 def packed_rows(tokenizer, prompts: list[str], candidates: list[tuple[str, ...]]) -> list[PackedRow]:
     p_ids = tokenizer(prompts, add_special_tokens=True).input_ids
     c_ids = candidate_token_ids(tokenizer, candidates)
     templates: dict[tuple, _Segments] = {}
+    layouts: dict[tuple, tuple] = {}
     rows = []
     for p, cs in zip(p_ids, candidates):
         key = tuple(cs)
         if key not in templates:
             templates[key] = _segments([c_ids[c] for c in cs])
-        rows.append(packed_row(p, templates[key]))
+        seg = templates[key]
+        if (key, len(p)) not in layouts:
+            layouts[key, len(p)] = row_layout(len(p), seg)
+        rows.append(PackedRow(torch.cat([torch.tensor(p, dtype=torch.long), seg.tokens]), *layouts[key, len(p)],
+                              seg.toks, seg.owner, seg.n_cands))
     return rows
 
 

@@ -45,5 +45,17 @@ def timed(fn, repeat: int = 2) -> float:
     return best
 
 
+def timed_together(fns: dict, repeat: int = 4) -> dict:
+    """Best wall time of each function, the calls alternated (a, b, a, b, ...): a ratio of
+    two of them is not skewed by the machine being slower during one's turn."""
+    best = {k: float("inf") for k in fns}
+    for _ in range(repeat):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            best[k] = min(best[k], time.perf_counter() - t)
+    return best
+
+
 def md_table(df, floatfmt: str = ".3f") -> str:
     return df.to_markdown(floatfmt=floatfmt)

@@ -26,7 +26,7 @@ from agents.population import PopulationPlacement
 from agents.pretrain import PretrainConfig, pretrained_dir
 from agents.records import prompts_with_context
 from agents.scoring import mask_dtype, packed_rows, score_packed
-from bench.common import md_table, timed, write_section
+from bench.common import md_table, timed, timed_together, write_section
 from envs.world import World
 
 MLP = ("gate_proj", "up_proj", "down_proj")
@@ -60,7 +60,8 @@ def asks_for(world, n_agents: int, per_agent: int, seed: int = 0) -> list[Ask]:
     return [Ask(f"agent {i}", rng.sample(pool, per_agent)) for i in range(n_agents)]
 
 
-def ceiling(model, tok, asks, batch) -> float:
+def ceiling(model, tok, asks, batch):
+    """The bare batched forward of the asks' packed rows (built here, outside the call)."""
     prompts, cands = [], []
     for a in asks:
         prompts += prompts_with_context(a.queries, None)[1]
@@ -71,7 +72,7 @@ def ceiling(model, tok, asks, batch) -> float:
     def run():
         with torch.inference_mode():
             score_packed(fwd, rows, tok.pad_token_id, batch, mask_dtype(model), "cpu")
-    return timed(run)
+    return run
 
 
 def tensor_bytes(ts) -> int:
@@ -94,7 +95,7 @@ def held_bytes(placement) -> int:
         for v in s.delta.values():
             ts += list(v) if isinstance(v, tuple) else [v]
     for pk in (placement._packs or {}).values():
-        ts += [pk[k] for k in ("A", "B") if k in pk] + [t for d in pk["dense"].values() for t in d.values()]
+        ts += [pk[k] for k in ("At", "Bt") if k in pk] + [t for d in pk["dense"].values() for t in d.values()]
     return tensor_bytes(ts)
 
 
@@ -121,8 +122,8 @@ def vllm_table(path, world, sizes, per, batch):
             for q in per:
                 asks = asks_for(world, n, q)
                 vp.beliefs_many(asks)                      # adapters written and loaded once
-                t = {"ceiling (bare forward)": ceiling(bare.model, bare.tokenizer, asks, batch),
-                     "population": timed(lambda: pop.beliefs_many(asks)),
+                t = {**timed_together({"ceiling (bare forward)": ceiling(bare.model, bare.tokenizer, asks, batch),
+                                       "population": lambda: pop.beliefs_many(asks)}),
                      "vllm": timed(lambda: vp.beliefs_many(asks))}
                 a, b = pop.beliefs_many(asks), vp.beliefs_many(asks)
                 agree = sum(x.answer == y.answer for xs, ys in zip(a, b) for x, y in zip(xs, ys)) / (n * q)
@@ -192,8 +193,8 @@ def main():
         for q in per:
             asks = asks_for(world, n, q)
             total = n * q
-            t = {"ceiling (bare forward)": ceiling(plain_model, tok, asks, args.batch),
-                 "population": timed(lambda: pop.beliefs_many(asks))}
+            t = timed_together({"ceiling (bare forward)": ceiling(plain_model, tok, asks, args.batch),
+                                "population": lambda: pop.beliefs_many(asks)})
             if local is not None:
                 t["local"] = timed(lambda: local.beliefs_many(asks))
             if rp is not None:
