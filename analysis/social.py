@@ -37,9 +37,3 @@ def unanimous_wrong_probe(agent, world: World, ks=(0, 1, 2, 3, 5), per_group: in
     df["p_claim"] = [b.prob(r[2]) for r, b in zip(rows, (r[3] for r in rows))]
     df["follows"] = df["answer"] == df["claim"]
     return df
-
-
-def follow_table(df: pd.DataFrame) -> pd.DataFrame:
-    """Share of answers equal to the claim, and mean probability of the claim, by group and k."""
-    return df.groupby(["group", "k"]).agg(follows=("follows", "mean"), p_claim=("p_claim", "mean"),
-                                          n=("follows", "size")).unstack("k")

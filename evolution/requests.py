@@ -19,7 +19,7 @@ import json
 import random
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Callable, Iterable, Protocol
+from typing import Iterable
 
 import torch
 
@@ -82,13 +82,6 @@ class EditReport:
         return asdict(self)
 
 
-class Editor(Protocol):
-    def __call__(self, agent, requests: list[EditRequest], world=None, **hparams) -> EditReport: ...
-
-
-EditorFn = Callable[..., EditReport]
-
-
 # -- building requests ------------------------------------------------------------------------
 def as_request(row) -> EditRequest:
     """An EditRequest from a request, a dict {subject, relation, target[, prompt]}, a Fact
@@ -111,11 +104,6 @@ def as_request(row) -> EditRequest:
         return EditRequest(*row)
     raise EditError(f"edit request {row!r}: give an EditRequest, a dict with subject/relation/target, "
                     "a Fact, or a (subject, relation, target) tuple")
-
-
-def requests_from_world(world, rows: Iterable) -> list[EditRequest]:
-    """Requests with their prompts filled from the world's question forms."""
-    return [as_request(r).resolve(world) for r in rows]
 
 
 def counterfactual_requests(world, n: int, seed: int = 0, relations: Iterable[str] | None = None,

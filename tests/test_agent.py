@@ -56,7 +56,9 @@ def test_generate_returns_text(small_agent, small_world):
     p = next(x for x in small_world.people if x.taught and x.qa_in_training)
     q = small_world.query(p.name, "company")
     out = small_agent.generate([q.prompt], max_new_tokens=4)
-    assert isinstance(out[0], str) and out[0].strip()
+    # the model was trained on this person's QA: greedy decoding says the company (measured: 20 of
+    # 20 such people), then the QA format's ' .'
+    assert out[0].strip().startswith(q.truth), (out[0], q.truth)
 
 
 def test_save_load_roundtrip_and_spawn_shares_base(small_agent, small_world, tmp_path):

@@ -25,11 +25,16 @@ def accuracy(agent, world, facts, epoch=-1) -> float:
 
 
 def test_texts_keep_the_original_behaviour(small_agent):
+    """`learn(texts)` (plain texts, no world) fine-tunes on them: the agent now finds the text
+    likelier, the agent it was spawned from does not change."""
     agent = small_agent.spawn("texts")
-    rep = agent.learn(["Q: What is the major of Nobody? A: Law ."] * 4, epochs=2, batch_size=2)
+    text = "Q: What is the major of Nobody? A: Law ."
+    before, base_before = agent.nll([text]), small_agent.nll([text])
+    rep = agent.learn([text] * 4, epochs=2, batch_size=2)
     assert rep["method"] == "finetune" and rep["steps"] == 4 and rep["texts"] == 4
     assert rep["loss_last"] < rep["loss_first"] and rep["seconds"] > 0
-    assert agent.delta()
+    assert agent.nll([text])[0] < 0.8 * before[0], (agent.nll([text]), before)
+    assert small_agent.nll([text]) == base_before and agent.delta()
 
 
 @pytest.mark.parametrize("method, hp", [("finetune", dict(lr=1e-3)), ("lora", dict(lr=3e-3))])

@@ -85,9 +85,11 @@ def test_probe_separates_a_linear_code_and_reports_the_majority_floor(small_agen
     assert linear_probe_accuracy(x[:150], y[:150], x[150:], y[150:], 5) > 0.9
     assert linear_probe_accuracy(torch.randn(150, 16, generator=g), y[:150], x[150:], y[150:], 5) < 0.5
     df = probe_accuracy(small_agent, small_world, relations=["company"], folds=3)
-    assert list(df.layer) == [0, 1, 2] and df.accuracy.between(0, 1).all()
-    # 64 taught people for 22 companies is too few to fit a probe (bench/tracing.py probes the
-    # 240 of the default model); the floor is the most common company's share
+    assert list(df.layer) == [0, 1, 2]
+    # the floor is the most common company's share; 64 taught people for 22 companies is few
+    # (bench/tracing.py probes the 240 of the default model), yet the name's embedding already
+    # tells the company apart above it (measured: .36 at layer 0 against a floor of .11)
     assert 1 / 22 <= df.majority.iloc[0] < 0.3
+    assert df.accuracy.max() > 2 * df.majority.iloc[0], df
     with pytest.raises(ValueError, match="too few"):
         probe_accuracy(small_agent, small_world, relations=["company"], folds=50)

@@ -49,8 +49,18 @@ def test_same_seed_same_records_other_seed_differs(first_run, tmp_path):
     _, df = first_run
     again = run_experiment(BASE, tmp_path / "b", progress=False)
     pd.testing.assert_frame_equal(df, again)
-    other = run_experiment({**BASE, "seed": 1}, tmp_path / "c", progress=False)
-    assert not df[["subject", "answer"]].equals(other[["subject", "answer"]])
+    # what the seed draws in a run: the people asked, and who gets which persona of a mix; a run
+    # under another seed must carry both draws (not only different questions)
+    mix = {**BASE, "personas": {"neutral": 1, "overconfident": 1, "easy-going": 1}}
+    cfg = load(mix)[1]
+    seed = next(s for s in range(1, 50)
+                if assign_personas(dataclasses.replace(cfg, seed=s)) != assign_personas(cfg))
+    a = run_experiment(mix, tmp_path / "c", progress=False)
+    b = run_experiment({**mix, "seed": seed}, tmp_path / "d", progress=False)
+    assert set(a.subject) != set(b.subject)
+    persona_of = lambda d: [d[d.agent == n].persona.iloc[0] for n in sorted(set(d.agent))]
+    assert persona_of(a) == assign_personas(cfg)
+    assert persona_of(b) == assign_personas(dataclasses.replace(cfg, seed=seed)) != persona_of(a)
 
 
 def test_rerun_resumes_instead_of_redoing(first_run, tmp_path):

@@ -36,10 +36,6 @@ def down_proj(model, layer: int) -> torch.nn.Linear:
     return decoder_layers(model)[check_layer(model, layer)].mlp.down_proj
 
 
-def down_proj_name(model, layer: int) -> str:
-    return f"model.layers.{layer}.mlp.down_proj.weight"
-
-
 def subject_index(tokenizer, prompt: str, subject: str, token: int = -1) -> int:
     """Token index (counting <s>) of the subject's token `token` (-1: its last) at the
     subject's last occurrence in `prompt`: the request's own prompt sits at the end of any
@@ -85,20 +81,6 @@ def captured_input(module):
     h = module.register_forward_pre_hook(hook)
     try:
         yield box
-    finally:
-        h.remove()
-
-
-@contextlib.contextmanager
-def added_at(module, rows: torch.Tensor, cols: torch.Tensor, delta: torch.Tensor):
-    """Adds delta[j] to the module's output at (rows[j], cols[j]) in every forward."""
-    def hook(_m, _args, out):
-        t = out[0] if isinstance(out, tuple) else out
-        t = t.index_put((rows, cols), t[rows, cols] + delta)
-        return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
-    h = module.register_forward_hook(hook)
-    try:
-        yield
     finally:
         h.remove()
 
