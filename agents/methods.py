@@ -17,7 +17,7 @@ from agents.plugins import import_dotted
 EDITORS: dict[str, Callable] = {}
 LEARNERS: dict[str, Callable] = {}
 HPARAMS: dict[Callable, tuple[type, tuple[str, ...]]] = {}   # method -> (its hparams dataclass, other keywords)
-_BUILTINS = "evolution.methods"   # imports every built-in method module
+_BUILTINS = "evolution.builtin_methods"   # imports every built-in method module
 ENTRY_POINT_GROUPS = {"edit": "knowevo.editors", "learning": "knowevo.learners"}
 
 

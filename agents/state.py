@@ -34,7 +34,7 @@ def register_extension(key: str, take: Callable, put: Callable) -> None:
 
 
 def _builtins() -> None:
-    importlib.import_module("evolution.methods")         # the built-in methods register theirs
+    importlib.import_module("evolution.builtin_methods")         # the built-in methods register theirs
 
 
 def take_extensions(model) -> dict:
