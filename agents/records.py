@@ -5,7 +5,7 @@ and the analysis all read and write these rows; every metric is a pandas computa
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import pandas as pd
 
@@ -39,13 +39,44 @@ class Belief:
         return self.probs[self.candidates.index(candidate)]
 
 
-RECORD_COLUMNS = [f for f in Belief.__dataclass_fields__]
+@dataclass
+class Record(Belief):
+    """A belief record with what a protocol run adds: who spoke (a judge's speaker label
+    differs from its agent name), the agent's persona, the round's pattern (strategies),
+    the sweep point, and the fact offered in support (debate)."""
+    speaker: str = ""
+    persona: str = ""
+    pattern: str = ""
+    trial: str = ""
+    support_relation: str = ""
+    support_object: str = ""
 
 
-def to_frame(beliefs: list[Belief]) -> pd.DataFrame:
-    df = pd.DataFrame([asdict(b) for b in beliefs], columns=RECORD_COLUMNS)
+RECORD_COLUMNS = [f.name for f in fields(Belief)]
+RECORD_FIELDS = [f.name for f in fields(Record)]
+
+
+def to_frame(records: list[Belief], kind: type | None = None) -> pd.DataFrame:
+    """One row per record, one column per field of its class (`kind`, else the first record's,
+    else Belief), and `correct`. The one way records become a table (and a Parquet part)."""
+    kind = kind or (type(records[0]) if records else Belief)
+    df = pd.DataFrame([asdict(b) for b in records], columns=[f.name for f in fields(kind)])
     df["correct"] = df["answer"] == df["truth"]
     return df
+
+
+def records_from_frame(df: pd.DataFrame) -> list[Record]:
+    """The Records of a table written by `to_frame` (a run's parts), with Python types back."""
+    out = []
+    for row in df[RECORD_FIELDS].to_dict("records"):
+        for k in ("candidates", "probs", "peer_answers"):
+            row[k] = [x.item() if hasattr(x, "item") else x for x in row[k]]
+        for k in ("generation", "round", "n_confederates"):
+            row[k] = int(row[k])
+        for k in ("confidence", "p_truth"):
+            row[k] = None if row[k] is None or pd.isna(row[k]) else float(row[k])
+        out.append(Record(**row))
+    return out
 
 
 def beliefs_from_scores(queries, contexts: list[str], scores, agent: str = "", **fields) -> list[Belief]:

@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from evolution.outputs import OutputError
-from protocols.session import records_frame, records_from_frame
+from agents.records import Record, records_from_frame, to_frame
 
 
 def parts_of(out: Path, stem: str) -> list[tuple[Path, int]]:
@@ -51,14 +51,14 @@ def write_part(out: Path, stem: str, rnd: int, records) -> None:
     (out / "parts").mkdir(exist_ok=True)
     final = out / "parts" / f"{stem}-{rnd:04d}.parquet"
     tmp = final.with_suffix(".tmp")
-    records_frame(records).to_parquet(tmp, index=False)
+    to_frame(records, Record).to_parquet(tmp, index=False)
     tmp.replace(final)
 
 
 def merge_parts(out: Path) -> pd.DataFrame:
     """Every part, in name order, as records.parquet (written whole then renamed)."""
     files = sorted((out / "parts").glob("*.parquet"))
-    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else records_frame([])
+    df = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else to_frame([], Record)
     tmp = out / "records.parquet.tmp"
     df.to_parquet(tmp, index=False)
     tmp.replace(out / "records.parquet")

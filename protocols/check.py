@@ -14,7 +14,8 @@ import zlib
 from agents.records import beliefs_from_scores, prompts_with_context
 from envs.world import World
 from protocols.base import Protocol
-from protocols.session import Record, play, records_frame
+from agents.records import Record, to_frame
+from protocols.session import play
 from protocols.topology import build_graph
 
 
@@ -108,14 +109,14 @@ def check_protocol(cls: type[Protocol], params: dict | None = None, seed: int = 
     first = play(make(), agents, world, queries, graph, seed, make_agent=judge, max_rounds=100)
     bad += _problems(first, make(), agents, queries)
     again = play(make(), agents, world, queries, graph, seed, make_agent=judge, max_rounds=100)
-    a, b = records_frame(first), records_frame(again)
+    a, b = to_frame(first), to_frame(again)
     if not a.equals(b):
         bad.append("two runs with the same seed gave different records (draw randomness from self.rng)")
     last = max(r.round for r in first)
     if last >= 1:
         cut = [r for r in first if r.round < last]
         resumed = play(make(), agents, world, queries, graph, seed, make_agent=judge, done=cut, max_rounds=100)
-        if not records_frame(resumed).equals(a):
+        if not to_frame(resumed).equals(a):
             bad.append(f"resuming after round {last - 1} gave different records than an uninterrupted run "
                        "(sees/done must depend only on the board and self.rng)")
     if bad:

@@ -13,54 +13,18 @@ resumes at the next round, with the same result as an uninterrupted run.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable
 
 import networkx as nx
-import pandas as pd
 
 from agents.placement import Ask, beliefs_of
-from agents.records import Belief
+from agents.records import Belief, Record
 from envs.facts import Fact, Query
 from envs.world import World, support
 from protocols.base import Board, Claim, Protocol, ProtocolError, Said, Turn, speaker_labels
 from protocols.personas import blend, social_weight
 from protocols.topology import neighbours
-
-
-@dataclass
-class Record(Belief):
-    """A belief record with what a protocol run adds: who spoke (a judge's speaker label
-    differs from its agent name), the agent's persona, the round's pattern (strategies),
-    the sweep point, and the fact offered in support (debate)."""
-    speaker: str = ""
-    persona: str = ""
-    pattern: str = ""
-    trial: str = ""
-    support_relation: str = ""
-    support_object: str = ""
-
-
-RECORD_FIELDS = [f.name for f in dataclasses.fields(Record)]
-
-
-def records_frame(records: list[Record]) -> pd.DataFrame:
-    df = pd.DataFrame([asdict(r) for r in records], columns=RECORD_FIELDS)
-    df["correct"] = df["answer"] == df["truth"]
-    return df
-
-
-def records_from_frame(df: pd.DataFrame) -> list[Record]:
-    out = []
-    for row in df[RECORD_FIELDS].to_dict("records"):
-        for k in ("candidates", "probs", "peer_answers"):
-            row[k] = [x.item() if hasattr(x, "item") else x for x in row[k]]
-        for k in ("generation", "round", "n_confederates"):
-            row[k] = int(row[k])
-        for k in ("confidence", "p_truth"):
-            row[k] = None if row[k] is None or pd.isna(row[k]) else float(row[k])
-        out.append(Record(**row))
-    return out
 
 
 def posted_claim(r: Record) -> Claim:

@@ -15,7 +15,8 @@ from protocols.base import Claim, Protocol, ProtocolError, Turn
 from protocols.check import ProtocolCheckError, ScriptedAgent, check_protocol, scripted_setting
 from protocols.personas import blend, social_weight
 from protocols.registry import get_protocol, known_protocols, make_protocol, register_protocol
-from protocols.session import play, records_frame
+from agents.records import to_frame
+from protocols.session import play
 from protocols.strategy import Strategy
 from protocols.topology import GraphError, build_graph, neighbours
 
@@ -64,7 +65,7 @@ def test_strategy_passes_check_protocol_and_records_patterns():
     report = check_protocol(Strategy, {"patterns": "debate,reflection,debate"})
     assert report["rounds"] == 3
     world, agents, queries, graph = scripted_setting()
-    df = records_frame(play(make_protocol("debate,reflection,debate"), agents, world, queries, graph, 0))
+    df = to_frame(play(make_protocol("debate,reflection,debate"), agents, world, queries, graph, 0))
     assert set(df["protocol"]) == {"debate,reflection,debate"}
     assert df.groupby("round")["pattern"].first().tolist() == ["initial", "debate", "reflection", "debate"]
     # claims shown in a debate round carry support; a reflection round shows the own answer only
@@ -135,7 +136,7 @@ def test_registry_and_parameter_errors_name_the_fix():
 def _frame(spec, params=None, graph="complete", n=3, **kw):
     world, agents, queries, _ = scripted_setting(n_agents=n)
     g = build_graph(graph, [a.name for a in agents], 0)
-    return world, queries, records_frame(play(make_protocol(spec, params), agents, world, queries, g, 0, **kw))
+    return world, queries, to_frame(play(make_protocol(spec, params), agents, world, queries, g, 0, **kw))
 
 
 def test_discussion_shows_only_neighbours_last_answers_synchronously():
@@ -151,7 +152,7 @@ def test_discussion_shows_only_neighbours_last_answers_synchronously():
 def test_asynchronous_rounds_show_the_latest_answers():
     world, _, queries, graph = scripted_setting()
     agents = [ScriptedAgent(f"agent {i}", knows=0.3, pull=4.0) for i in range(3)]   # one claim moves them
-    frames = {s: records_frame(play(make_protocol("discussion", {"synchronous": s}), agents, world, queries, graph, 0))
+    frames = {s: to_frame(play(make_protocol("discussion", {"synchronous": s}), agents, world, queries, graph, 0))
               for s in (True, False)}
     for sync, df in frames.items():
         ans = df.set_index(["round", "agent", "subject", "relation"])["answer"]
@@ -275,7 +276,7 @@ def test_personas_change_what_scripted_agents_do_under_asch():
     rates = {}
     for persona in ("overconfident", "neutral", "easy-going"):
         agents = [ScriptedAgent(f"agent {i}", persona, knows=1.0, pull=0.6) for i in range(3)]
-        df = records_frame(play(make_protocol("asch", {"confederates": 4}), agents, world, queries, graph, 0))
+        df = to_frame(play(make_protocol("asch", {"confederates": 4}), agents, world, queries, graph, 0))
         rates[persona] = (df[df["round"] == 1]["answer"] != df[df["round"] == 1]["truth"]).mean()
     # 4 claims x 0.6 = 2.4 log-odds against a 3.0 preference: the plain model holds, twice the pull flips
     assert rates["overconfident"] == rates["neutral"] == 0.0 and rates["easy-going"] == 1.0
