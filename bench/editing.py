@@ -39,7 +39,7 @@ from analysis.edit_metrics import edit_baseline, evaluate_edits
 from bench.common import DOC, md_table, write_section
 from envs.facts import Fact
 from envs.world import World
-from evolution.edit_cmd import parsed_sets
+from evolution.overrides import flat_sets
 from evolution.requests import counterfactual_requests
 
 METHODS = ("rome", "memit", "ft_l", "wise", "finetune")
@@ -59,7 +59,7 @@ def method_spec(spec: str) -> tuple[str, dict]:
     if name not in METHODS:
         raise SystemExit(f"--methods: unknown {name!r}; choose from {list(METHODS)}")
     try:
-        return name, parsed_sets(items)      # what `knowevo edit --set` does with its pairs
+        return name, flat_sets(items)      # what `knowevo edit --set` does with its pairs
     except ValueError as e:
         raise SystemExit(f"--methods {spec!r}: {e}") from None
 

@@ -18,23 +18,7 @@ import math
 import shutil
 from pathlib import Path
 
-
-def parsed_value(text: str):
-    """'3' -> 3, '0.5' -> 0.5, 'true' -> True, '[0,1]' -> [0, 1], 'null' -> None; else the text."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
-
-
-def parsed_sets(items: list[str] | None) -> dict:
-    out = {}
-    for item in items or []:
-        key, eq, val = item.partition("=")
-        if not eq or not key.strip():
-            raise ValueError(f"--set {item!r}: write KEY=VALUE, e.g. --set v_steps=40")
-        out[key.strip()] = parsed_value(val.strip())
-    return out
+from evolution.overrides import flat_sets
 
 
 def target_logprobs(agent, requests) -> list[float]:
@@ -79,7 +63,7 @@ def cmd_edit(args) -> int:
     from envs.world import World
     from evolution.requests import read_requests, validate_requests
     editor(args.method)                       # unknown method: error before any work
-    hp = parsed_sets(args.set)
+    hp = flat_sets(args.set)
     requests = read_requests(args.requests)
     from evolution.outputs import check_new_dir, publish, staging
     src, out = Path(args.model), check_new_dir(args.out, "--out")

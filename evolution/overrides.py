@@ -1,25 +1,73 @@
-"""`--set key=value` overrides for dataclass configs (nested keys with dots), checked by name."""
+"""`--set key=value`: the one parser for every command's overrides (run configs, pretraining
+settings, an editor's hparams). Values are read as YAML, the config files' own language
+(`3`, `0.5`, `true`, `[0, 1]`, `{kind: ray}`, `null`), except that a number in exponent form
+(`1e-3`, which YAML 1.1 leaves a string) is a number; anything else stays text.
+"""
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 import yaml
 
 
-def apply_overrides(cfg, pairs: list[str]):
-    for pair in pairs:
+def parse_value(text: str):
+    v = yaml.safe_load(text)
+    if isinstance(v, str):
+        try:
+            return float(v) if v.strip().lower() not in ("nan", "inf", "-inf", "+inf", "infinity") else v
+        except ValueError:
+            return v
+    return v
+
+
+def parse_sets(pairs: list[str] | None, example: str = "rounds=3") -> list[tuple[list[str], object]]:
+    """[(dotted key split into parts, value)] in order; ValueError naming a malformed pair."""
+    out = []
+    for pair in pairs or []:
         key, sep, raw = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--set {pair!r}: write KEY=VALUE")
-        obj, parts = cfg, key.split(".")
+        if not sep or not key.strip() or any(not p for p in key.strip().split(".")):
+            raise ValueError(f"--set {pair!r}: write KEY=VALUE, e.g. --set {example}")
+        out.append((key.strip().split("."), parse_value(raw.strip())))
+    return out
+
+
+def flat_sets(pairs: list[str] | None, example: str = "v_steps=40") -> dict:
+    """{key: value} for settings that are not nested (an editor's hparams)."""
+    return {".".join(parts): v for parts, v in parse_sets(pairs, example)}
+
+
+def apply_sets(raw: dict, pairs: list[str] | None) -> dict:
+    """The overrides applied to a copy of a raw config mapping (nested keys with dots)."""
+    out = copy.deepcopy(raw)
+    for parts, value in parse_sets(pairs):
+        d = out
+        for p in parts[:-1]:
+            if d.get(p) is None:
+                d[p] = {}
+            if not isinstance(d[p], dict):
+                raise ValueError(f"--set {'.'.join(parts)}: {p!r} is {d[p]!r}, not a mapping; set it whole "
+                                 f"(e.g. --set '{p}={{...}}')")
+            d = d[p]
+        d[parts[-1]] = value
+    return out
+
+
+def apply_overrides(cfg, pairs: list[str] | None):
+    """The overrides applied to a dataclass config (nested dataclasses with dots), each key
+    checked by name; the result is built anew so the dataclass's own checks run."""
+    for parts, value in parse_sets(pairs, "steps=500"):
+        key, obj = ".".join(parts), cfg
         for part in parts[:-1]:
             obj = _field(obj, part, key)
         _field(obj, parts[-1], key)
-        setattr(obj, parts[-1], yaml.safe_load(raw))
-    return type(cfg)(**dataclasses.asdict(cfg))   # re-run validation
+        setattr(obj, parts[-1], value)
+    return type(cfg)(**dataclasses.asdict(cfg))
 
 
 def _field(obj, name: str, key: str):
+    if not dataclasses.is_dataclass(obj):
+        raise ValueError(f"--set {key}: {name!r} is inside a value that is not a group of settings")
     names = [f.name for f in dataclasses.fields(obj)]
     if name not in names:
         raise ValueError(f"--set {key}: unknown setting {name!r}; known: {names}")

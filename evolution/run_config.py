@@ -17,6 +17,7 @@ from pathlib import Path
 import yaml
 
 from agents.pretrain import PretrainConfig, world_of
+from evolution import overrides
 from envs.world import World
 from protocols.base import Protocol, ProtocolError
 from protocols.personas import social_weight
@@ -178,22 +179,11 @@ KINDS = {"name": str, "seed": int, "model": str, "pretrain": dict, "agents": int
 
 
 def apply_sets(raw: dict, pairs: list[str]) -> dict:
-    """`key.sub=value` edits (YAML values) on a copy of the raw mapping."""
-    out = copy.deepcopy(raw)
-    for pair in pairs or []:
-        key, sep, val = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: write KEY=VALUE, e.g. --set rounds=3")
-        d, parts = out, key.strip().split(".")
-        for p in parts[:-1]:
-            if d.get(p) is None:
-                d[p] = {}
-            if not isinstance(d[p], dict):
-                raise ConfigError(f"--set {key}: {p!r} is {d[p]!r}, not a mapping; set it whole "
-                                  f"(e.g. --set '{p}={{...}}')")
-            d = d[p]
-        d[parts[-1]] = yaml.safe_load(val)
-    return out
+    """`key.sub=value` edits on a copy of the raw mapping (evolution/overrides.py reads them)."""
+    try:
+        return overrides.apply_sets(raw, pairs)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def _kind_ok(v, kinds) -> bool:

@@ -151,3 +151,22 @@ def test_demo_runs_the_main_job_and_prints_its_summary(tmp_path, small_dir, caps
     assert "round" not in again.replace("rounds", "") and summary[0] in again
     assert main(["demo", "--out", str(out), "--run-set", "generations=0"]) == 2
     assert "generations: 0" in capsys.readouterr().err
+
+
+def test_one_set_parser_for_every_command():
+    """Run configs, pretraining settings and editors' hparams read `--set` the same way: YAML
+    values, and a number in exponent form is a number (YAML 1.1 alone leaves `1e-3` a string)."""
+    from agents.pretrain import PretrainConfig
+    from evolution.overrides import apply_overrides, flat_sets
+    from evolution.run_config import ConfigError, apply_sets
+    assert flat_sets(["lr=1e-3", "layers=[0, 1]", "merge=true", "target=Acorn Labs", "k=null"]) == {
+        "lr": 0.001, "layers": [0, 1], "merge": True, "target": "Acorn Labs", "k": None}
+    assert apply_sets({"rounds": 2}, ["individual.hparams.lr=1e-3", "placement={kind: ray}"]) == {
+        "rounds": 2, "individual": {"hparams": {"lr": 0.001}}, "placement": {"kind": "ray"}}
+    assert apply_overrides(PretrainConfig(), ["lr=1e-3"]).lr == 0.001
+    with pytest.raises(ConfigError, match="write KEY=VALUE"):
+        apply_sets({}, ["rounds"])
+    with pytest.raises(ValueError, match="write KEY=VALUE"):
+        flat_sets(["=3"])
+    with pytest.raises(ValueError, match="unknown setting 'lrr'"):
+        apply_overrides(PretrainConfig(), ["lrr=1"])
