@@ -9,6 +9,7 @@ protocols are: `@register_editor(name)` in Python, an entry point in the group
 from __future__ import annotations
 
 import importlib
+from dataclasses import fields
 from importlib.metadata import entry_points
 from typing import Callable
 
@@ -92,10 +93,22 @@ def method_kind(name: str) -> str:
     return getattr(fn, "kind", "edit") if ":" in name else "edit"
 
 
+def method(name: str) -> Callable:
+    """The editor or learner `name` (editors first, as `method_kind`)."""
+    return editor(name) if method_kind(name) == "edit" else learner(name)
+
+
+def takes(name: str, keyword: str) -> bool:
+    """Whether the method `name` was registered as taking `keyword` (a field of its hparams
+    dataclass, or one of the keywords it takes beside them); False when it declared neither."""
+    cls, also = HPARAMS.get(method(name), (None, ()))
+    return keyword in also or (cls is not None and keyword in {f.name for f in fields(cls)})
+
+
 def check_hparams(name: str, hparams: dict) -> None:
     """Raise ValueError naming the key when `hparams` would not be accepted by the method (known
     for methods registered with their hparams dataclass; others are checked when called)."""
-    fn = editor(name) if method_kind(name) == "edit" else learner(name)
+    fn = method(name)
     if fn not in HPARAMS:
         return
     cls, also = HPARAMS[fn]

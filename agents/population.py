@@ -33,7 +33,7 @@ from agents.checkpoint import load_model_dir
 from agents.delta import Snapshot, add_delta, factor, fingerprint
 from agents.placement import (Ask, Handle, Placement, PlacementError, _check_new, extensions_of, lookup,
                               structure)
-from agents.state import EXTENSIONS, put_extensions
+from agents.state import carries_extensions, put_extensions
 from agents.records import beliefs_from_scores, prompts_with_context
 from agents.scoring import candidate_logprobs, mask_dtype, packed_rows, score_packed, text_nll
 
@@ -139,7 +139,7 @@ class PopulationPlacement(Placement):
                 raise PlacementError(f"agent {snap.name!r}: its delta changes {k!r}, which this base model does not have")
         old = self.slots.get(snap.name)
         solo = None
-        if any(k in EXTENSIONS for k in snap.state):      # it carries modules of its own: its own model
+        if carries_extensions(snap.state):      # it carries modules of its own: its own model
             solo = Agent(self._bare_model(), self.tokenizer, snap.name, snap.persona, self.device, self.batch_size,
                          self.base)
             add_delta(solo.model, snap.delta)

@@ -133,7 +133,6 @@ class RayPlacement(Placement):
                                  f"{have.get('CPU', 0)} CPUs; lower actors or num_cpus")
         use_gpus = num_gpus if num_gpus else (1.0 if gpus and not dedicated else 0.0)
         self._opts = dict(num_cpus=cpus, num_gpus=use_gpus, max_restarts=max_restarts)
-        self.serve = serve
         self._args = (serve, str(model_dir), device or ("cuda" if use_gpus else "cpu"), batch_size, max_rank,
                       max(1, int(cpus)), serve_kw)
         self._Shard = ray.remote(self.shard_class)

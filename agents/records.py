@@ -52,7 +52,6 @@ class Record(Belief):
     support_object: str = ""
 
 
-RECORD_COLUMNS = [f.name for f in fields(Belief)]
 RECORD_FIELDS = [f.name for f in fields(Record)]
 
 

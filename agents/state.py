@@ -43,6 +43,12 @@ def take_extensions(model) -> dict:
     return {k: v for k, (take, _) in EXTENSIONS.items() if (v := take(model)) is not None}
 
 
+def carries_extensions(state: dict) -> bool:
+    """Whether `state` holds a registered extension's value (an agent with modules of its own)."""
+    _builtins()
+    return any(k in EXTENSIONS for k in state)
+
+
 def put_extensions(model, state: dict) -> dict:
     """Install the extension values found in `state` into `model`; the rest of the state."""
     _builtins()

@@ -26,14 +26,14 @@ from __future__ import annotations
 import copy
 import json
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import networkx as nx
 import pandas as pd
 
 from agents.delta import is_snapshot
-from agents.methods import HPARAMS, editor, method_kind
+from agents.methods import method_kind, takes
 from agents.placement import Handle, Placement
 from envs.facts import Fact
 from envs.world import World
@@ -173,8 +173,7 @@ def update(handle: Handle, u: UpdateConfig, facts: list[Fact], world: World, rep
     requests = [EditRequest(f.subject, f.relation, f.object, world.query(f.subject, f.relation).prompt)
                 for f in facts]
     hp = dict(u.hparams)
-    cls, also = HPARAMS.get(editor(u.method), (None, ()))
-    if "check_current" in also or (cls is not None and "check_current" in {f.name for f in fields(cls)}):
+    if takes(u.method, "check_current"):
         # an agent may already answer a target (the talk made it so, or chance): the edit then
         # reinforces it, as learning would, instead of stopping the run
         hp.setdefault("check_current", False)

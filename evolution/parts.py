@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from evolution.outputs import OutputError
 from agents.records import Record, records_from_frame, to_frame
+from evolution.outputs import OutputError
 
 
 def parts_of(out: Path, stem: str) -> list[tuple[Path, int]]:

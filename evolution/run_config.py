@@ -17,8 +17,8 @@ from pathlib import Path
 import yaml
 
 from agents.pretrain import PretrainConfig, world_of
-from evolution import overrides
 from envs.world import World
+from evolution import overrides
 from protocols.base import Protocol, ProtocolError
 from protocols.personas import social_weight
 from protocols.registry import make_protocol

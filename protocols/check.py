@@ -11,10 +11,9 @@ from __future__ import annotations
 import math
 import zlib
 
-from agents.records import beliefs_from_scores, prompts_with_context
+from agents.records import Record, beliefs_from_scores, prompts_with_context, to_frame
 from envs.world import World
 from protocols.base import Protocol
-from agents.records import Record, to_frame
 from protocols.session import play
 from protocols.topology import build_graph
 

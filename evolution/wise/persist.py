@@ -30,16 +30,13 @@ TENSORS = ("deltas", "masks", "thresholds", "center", "whiten")
 
 def save_side_memory(agent, path: str | Path) -> Path:
     """Write the agent's side memory into `path` (a model dir); an error if it has none."""
-    mem = side_memory_of(agent.model)
-    if mem is None:
+    value = take_memory(agent.model)
+    if value is None:
         raise EditError("save_side_memory: this agent has no side memory (no 'wise' edit was made)")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    st = mem.state()
-    save_file({k: st[k].detach().cpu().contiguous() for k in TENSORS}, str(path / "wise.safetensors"))
-    meta = {"layer": mem.layer, "structure": getattr(mem, "structure", {}), "ref_norm": mem.ref_norm,
-            "shard_prompts": [[list(e) for e in shard] for shard in mem.shard_prompts]}
-    (path / "wise.json").write_text(json.dumps(meta, indent=1))
+    save_file({k: value[k].detach().cpu().contiguous() for k in TENSORS}, str(path / "wise.safetensors"))
+    (path / "wise.json").write_text(json.dumps(_meta(value), indent=1))
     return path
 
 
@@ -52,26 +49,19 @@ def load_side_memory(agent, path: str | Path):
     path = Path(path)
     if not has_side_memory(path):
         raise EditError(f"load_side_memory: {str(path)!r} has no wise.safetensors; save it with save_side_memory")
-    meta = json.loads((path / "wise.json").read_text())
-    tensors = load_file(str(path / "wise.safetensors"), device=str(agent.device))
+    value = _value(load_file(str(path / "wise.safetensors")), json.loads((path / "wise.json").read_text()))
     mem = side_memory_of(agent.model)
-    if mem is not None and mem.layer != meta["layer"]:
+    if mem is not None and mem.layer != value["layer"]:
         raise EditError(f"load_side_memory: the agent has a side memory at layer {mem.layer}, the saved one is at "
-                        f"layer {meta['layer']}; uninstall it first (evolution.wise.uninstall)")
-    mem = install(agent.model, meta["layer"])
-    if tensors["deltas"].shape[1:] != mem.weight.shape:
-        raise EditError(f"load_side_memory: saved shards have shape {tuple(tensors['deltas'].shape[1:])}, the "
+                        f"layer {value['layer']}; uninstall it first (evolution.wise.uninstall)")
+    mem = install(agent.model, value["layer"])
+    if value["deltas"].shape[1:] != mem.weight.shape:
+        raise EditError(f"load_side_memory: saved shards have shape {tuple(value['deltas'].shape[1:])}, the "
                         f"model's down-projection {tuple(mem.weight.shape)}; load it into the model it was made on")
-    st = {k: tensors[k].to(torch.bool if k == "masks" else (torch.float32 if k == "thresholds" else mem.weight.dtype))
-          for k in TENSORS}
-    st["shard_prompts"] = [[tuple(e) for e in shard] for shard in meta["shard_prompts"]]
-    st["ref_norm"] = meta["ref_norm"]
-    mem.restore(st)
-    mem.structure = meta.get("structure", {})
-    return mem
+    return put_memory(agent.model, value)
 
 
-# -- the side memory as agent state: placements, Agent.save and Agent.load carry it -------------
+# -- the side memory as a value: the files above, and agent state (placements, Agent.save/load) -
 KEY = "wise_memory"
 
 
@@ -82,22 +72,33 @@ def take_memory(model) -> dict | None:
     return {**mem.state(), "layer": mem.layer, "structure": dict(getattr(mem, "structure", {}))}
 
 
-def put_memory(model, value: dict) -> None:
+def put_memory(model, value: dict):
+    """Install `value` as the model's side memory, on the model's device and in its dtypes."""
     mem = install(model, value["layer"])
-    dev = mem.weight.device
-    mem.restore({k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in value.items()})
+    dev, dtype = mem.weight.device, mem.weight.dtype
+    as_ = {"masks": torch.bool, "thresholds": torch.float32}
+    mem.restore({k: v.to(dev, as_.get(k, dtype)) if k in TENSORS else v for k, v in value.items()})
     mem.structure = dict(value["structure"])
+    return mem
+
+
+def _meta(value: dict) -> dict:
+    """The JSON part of a side memory (the rest is TENSORS)."""
+    return {"layer": value["layer"], "structure": value["structure"], "ref_norm": value["ref_norm"],
+            "shard_prompts": [[list(e) for e in shard] for shard in value["shard_prompts"]]}
+
+
+def _value(tensors: dict, meta: dict) -> dict:
+    return {**{k: tensors[k] for k in TENSORS}, "layer": meta["layer"], "structure": meta.get("structure", {}),
+            "ref_norm": meta["ref_norm"], "shard_prompts": [[tuple(e) for e in s] for s in meta["shard_prompts"]]}
 
 
 def _to_tensors(value: dict):
-    meta = {"layer": value["layer"], "structure": value["structure"], "ref_norm": value["ref_norm"],
-            "shard_prompts": [[list(e) for e in shard] for shard in value["shard_prompts"]]}
-    return {f"{KEY}.{k}": value[k] for k in TENSORS}, meta
+    return {f"{KEY}.{k}": value[k] for k in TENSORS}, _meta(value)
 
 
 def _from_tensors(tensors: dict, meta: dict) -> dict:
-    return {**{k: tensors[f"{KEY}.{k}"] for k in TENSORS}, "layer": meta["layer"], "structure": meta["structure"],
-            "ref_norm": meta["ref_norm"], "shard_prompts": [[tuple(e) for e in s] for s in meta["shard_prompts"]]}
+    return _value({k: tensors[f"{KEY}.{k}"] for k in TENSORS}, meta)
 
 
 register_state(KEY, _to_tensors, _from_tensors)
