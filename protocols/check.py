@@ -1,17 +1,19 @@
 """`check_protocol(cls)`: what PettingZoo's api_test is to an environment, for a protocol.
 
 It plays the protocol on a small world with scripted agents (no model: seconds), twice
-with one seed and once resumed half-way, and checks: the API is there, the parameters
-are declared, records are identical under a seed and after a resume, and every record is
-well formed (one per agent, query and round; a distribution over the candidates; what
-the agent was shown is in its context). Users run it on their own protocols.
+with one seed, once resumed half-way, and as a PettingZoo env driven by the same agents as
+policies, and checks: the API is there, the parameters are declared, records are identical
+under a seed, after a resume and in the env (but for probabilities: an env's action is a
+choice), and every record is well formed (one per agent, query and round; a distribution
+over the candidates; what the agent was shown is in its context). Users run it on their own
+protocols.
 """
 from __future__ import annotations
 
 import math
 import zlib
 
-from agents.records import Record, beliefs_from_scores, prompts_with_context, to_frame
+from agents.records import RECORD_FIELDS, Record, beliefs_from_scores, prompts_with_context, to_frame
 from envs.world import World
 from protocols.base import Protocol
 from protocols.session import play
@@ -87,6 +89,39 @@ def _problems(records: list[Record], protocol: Protocol, agents, queries) -> lis
     return bad
 
 
+def _env_differences(make, world, agents, queries, graph, seed: int, judge) -> list[str]:
+    """The protocol as a PettingZoo env, each agent its own policy, against `play`, query by
+    query (an episode is one query)."""
+    from protocols.pettingzoo_env import AgentPolicy, ProtocolAECEnv, ProtocolParallelEnv
+    cols = [c for c in RECORD_FIELDS if c not in ("probs", "confidence", "p_truth")]
+    bad = []
+    for q in queries[:3]:
+        proto = make()
+        env = (ProtocolParallelEnv if proto.synchronous else ProtocolAECEnv)(
+            proto, world, [q], agents=agents, graph=graph, seed=seed, max_bytes=1 << 16, make_agent=judge)
+        policy = {i: AgentPolicy(a) for i, a in zip(env.possible_agents, agents)}
+        if isinstance(env, ProtocolParallelEnv):
+            obs, infos = env.reset(seed=seed, options={"query": 0})
+            while env.agents:
+                obs, _, _, _, infos = env.step({a: policy[a](env, a, obs[a], infos[a]) for a in env.agents})
+        else:
+            env.reset(seed=seed, options={"query": 0})
+            for a in env.agent_iter():
+                obs, _, term, trunc, info = env.last()
+                env.step(None if term or trunc else policy[a](env, a, obs, info))
+        want = to_frame(play(make(), agents, world, [q], graph, seed, make_agent=judge, max_rounds=100))[cols]
+        got = to_frame(env.records, Record)[cols]
+        if got.shape != want.shape:
+            bad.append(f"as a PettingZoo env, query ({q.subject}, {q.relation}) gave {len(got)} records where play "
+                       f"gives {len(want)}")
+        elif not got.equals(want):
+            diff = (got.astype(str) != want.astype(str)).any()
+            bad.append(f"as a PettingZoo env, query ({q.subject}, {q.relation}) gave other records than play "
+                       f"(columns {list(diff[diff].index)}); what an agent sees must come from the board and "
+                       "self.rng only")
+    return bad
+
+
 def check_protocol(cls: type[Protocol], params: dict | None = None, seed: int = 0, setting=None) -> dict:
     """Raise ProtocolCheckError naming every failed check; else return a short report.
     `setting` = (world, agents, queries, graph) to check on your own (default: scripted)."""
@@ -118,6 +153,7 @@ def check_protocol(cls: type[Protocol], params: dict | None = None, seed: int = 
         if not to_frame(resumed).equals(a):
             bad.append(f"resuming after round {last - 1} gave different records than an uninterrupted run "
                        "(sees/done must depend only on the board and self.rng)")
+    bad += _env_differences(make, world, agents, queries, graph, seed, judge)
     if bad:
         raise ProtocolCheckError(f"{cls.__name__}: " + "; ".join(bad))
     return {"protocol": make().name, "rounds": last, "records": len(first),

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from pettingzoo.test import api_test, parallel_api_test
 
-from envs.pettingzoo_env import (AgentPolicy, ProtocolAECEnv, ProtocolParallelEnv, observation_text,
+from protocols.pettingzoo_env import (AgentPolicy, ProtocolAECEnv, ProtocolParallelEnv, observation_text,
                                  random_policy)
 from protocols.base import ProtocolError
 from protocols.check import scripted_setting
@@ -90,7 +90,7 @@ def test_random_and_agent_policies_drive_both_envs(setting, small_agent, small_w
     for a, act in lm[0].items():
         assert act.shape == (2,)                         # answer + a supporting company_city
         assert q.candidates[act[0]] == first
-    seen = par.game.board.said(0, "agent 1", q)
+    seen = par.game.stage.board.said(0, "agent 1", q)
     assert seen.object == first and seen.support.relation == "company_city"
     aec = ProtocolAECEnv(make_protocol("debate", {"rounds": 1, "synchronous": False}), small_world, queries, agents=3)
     aec.reset(seed=1, options={"query": 0})
@@ -99,7 +99,7 @@ def test_random_and_agent_policies_drive_both_envs(setting, small_agent, small_w
         obs, rew, term, trunc, info = aec.last()
         assert observation_text(obs) == info["text"]
         if agent == "agent_1" and info["round"] == 1:      # sees agent 0's round-1 answer already
-            assert f"agent 0 answers {aec.game.board.said(1, 'agent 0', q).object} ." in info["text"]
+            assert f"agent 0 answers {aec.game.stage.board.said(1, 'agent 0', q).object} ." in info["text"]
         aec.step(None if term or trunc else policy(aec, agent, obs, info))
         steps += 1
     assert steps == 2 * 3 + 3      # two rounds of three turns, then each agent leaves
@@ -130,3 +130,39 @@ def test_a_policy_on_a_population_handle_plays_like_the_local_agent(small_dir, s
     pop = _play_parallel(par, AgentPolicy(handle), seed=2)
     assert [{a: act.tolist() for a, act in r.items()} for r in local] == \
         [{a: act.tolist() for a, act in r.items()} for r in pop]
+
+
+def test_a_judge_runs_in_the_env_and_its_records_are_plays(setting):
+    """The env is an adapter over the session's round step: debate's judge and moderator run
+    (the old env never called after_round and refused a judge), and the env's records are the
+    rows `play` writes but for probabilities."""
+    from agents.records import to_frame
+    from protocols.check import ScriptedAgent, _env_differences
+    from protocols.session import play
+    from protocols.topology import build_graph
+    world, queries = setting
+    agents = [ScriptedAgent(f"agent {i}", persona=p) for i, p in enumerate(["neutral", "stubborn", "easy-going"])]
+    judge = lambda name: ScriptedAgent(name, knows=0.9)
+    make = lambda: make_protocol("debate", {"rounds": 2, "moderator": True})
+    env = ProtocolParallelEnv(make(), world, queries, agents=agents, make_agent=judge)
+    obs, infos = env.reset(seed=0, options={"query": 1})
+    while env.agents:
+        obs, *_ , infos = env.step({a: AgentPolicy(ag)(env, a, obs[a], infos[a])
+                                    for a, ag in zip(env.agents, agents)})
+    df = to_frame(env.records)
+    assert (df.agent == "judge").sum() == 3 and set(df.persona[df.agent != "judge"]) == {"neutral", "stubborn",
+                                                                                           "easy-going"}
+    verdict = df[(df.agent == "judge") & (df["round"] == 1)].answer.item()
+    second = df[(df.agent == "agent 0") & (df["round"] == 2)]
+    assert verdict in second.peer_answers.item() and len(second.peer_answers.item()) == 3
+    graph = build_graph("complete", [a.name for a in agents], 0)
+    played = to_frame(play(make(), agents, world, [queries[1]], graph, 0, make_agent=judge))
+    assert df.drop(columns=["probs", "confidence", "p_truth"]).equals(
+        played.drop(columns=["probs", "confidence", "p_truth"]))
+    assert _env_differences(make, world, agents, queries, graph, 0, judge) == []
+
+
+def test_parallel_env_refuses_an_asynchronous_protocol(setting):
+    world, queries = setting
+    with pytest.raises(ProtocolError, match="asynchronous.*ProtocolAECEnv"):
+        ProtocolParallelEnv(make_protocol("discussion", {"synchronous": False}), world, queries)

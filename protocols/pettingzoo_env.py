@@ -2,6 +2,12 @@
 one step per round) and `ProtocolAECEnv` (agents answer in turn; with a protocol built
 `synchronous=False`, a turn-based debate where each sees the latest answers).
 
+The envs are an adapter over the session's `Stage` (protocols/session.py): the stage decides
+what an agent is shown and records what it said, as in `play`; the env only turns that into
+observations and actions. So judges and moderators run here too (give `make_agent`), and
+`env.records` are the rows `play` writes, with one difference: an action is a choice, so an
+agent's record holds it as a certain belief (probability 1 on the chosen candidate).
+
 An episode is one query. An observation is the text the agent sees (the protocol's
 rendered context, then the question) as its UTF-8 bytes, zero-padded, in an integer `Box`
 (uint8, `max_bytes` long): `api_test` needs observations with a numpy dtype, which a
@@ -10,35 +16,55 @@ the context are in `infos[agent]`; `observation_text(obs)` decodes the bytes. An
 the index of the answer among the query's candidates (`Discrete`), or, when the protocol
 backs claims with a related fact (debate), `MultiDiscrete([answers, supports])`. The reward
 is 1 for the true answer, else 0. The language model is a policy outside `step()`:
-`AgentPolicy` (an `agents.agent.Agent`, persona included) and `random_policy` plug into
-the same env, as would a scripted or opinion-dynamics rule.
+`AgentPolicy` (an `agents.agent.Agent` or a handle, answering as `play` would) and
+`random_policy` plug into the same env, as would a scripted or opinion-dynamics rule.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
+import networkx as nx
 import numpy as np
 from gymnasium import spaces
 from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils import AgentSelector
 
+from agents.records import Record, beliefs_from_scores
 from envs.facts import Fact, Query
-from envs.world import World, support
-from protocols.base import Board, Claim, Protocol, ProtocolError, Turn, keyed_rng, speaker_labels
-from protocols.personas import blend, social_weight
-from protocols.topology import build_graph, neighbours
+from envs.world import World
+from protocols.base import Protocol, ProtocolError, keyed_rng
+from protocols.session import Plan, Stage, believe, supports
+from protocols.topology import build_graph
 
 
 def observation_text(obs: np.ndarray) -> str:
     return bytes(np.asarray(obs, dtype=np.uint8)).rstrip(b"\0").decode("utf-8")
 
 
+@dataclass(frozen=True)
+class Seat:
+    """An agent of the env: its name in the conversation and the persona its records carry."""
+    name: str
+    persona: str = "neutral"
+
+
+def _seats(agents) -> list[Seat]:
+    if isinstance(agents, int):
+        return [Seat(f"agent {i}") for i in range(agents)]
+    return [Seat(a) if isinstance(a, str) else Seat(a.name, getattr(a, "persona", "neutral")) for a in agents]
+
+
 class _ProtocolGame:
-    """What both envs share: the query, the board, and each agent's view of it."""
+    """What both envs share: the episode's stage, the round, and the spaces."""
 
     def __init__(self, protocol: Protocol, world: World, queries: list[Query], agents=3,
-                 graph="complete", seed: int = 0, max_bytes: int = 2048):
-        self.names = [f"agent {i}" for i in range(agents)] if isinstance(agents, int) else list(agents)
+                 graph="complete", seed: int = 0, max_bytes: int = 2048, make_agent=None):
+        self.seats = _seats(agents)
+        self.names = [s.name for s in self.seats]
         if not self.names:
             raise ProtocolError("agents: no agents; give at least 1")
+        if len(set(self.names)) != len(self.names):
+            raise ProtocolError(f"agents: names must be unique, got {self.names}")
         if not queries:
             raise ProtocolError("queries: none given; an episode asks one of them")
         cands = {q.candidates for q in queries}
@@ -46,12 +72,12 @@ class _ProtocolGame:
             raise ProtocolError("queries: an env needs queries with one candidate set (one relation), so "
                                 "the action space is fixed; make one env per relation")
         self.protocol, self.world, self.queries, self.max_bytes = protocol, world, list(queries), max_bytes
-        self.seed = seed
-        self.graph = build_graph(graph, self.names, seed)
-        self.nbrs = neighbours(self.graph, self.names)
+        self.seed, self.make_agent = seed, make_agent
+        self.graph = graph if isinstance(graph, nx.Graph) else build_graph(graph, self.names, seed)
         self.ids = [n.replace(" ", "_") for n in self.names]
-        self.name_of = dict(zip(self.ids, self.names))
-        protocol.bind(world, seed, self.names)
+        self.seat_of = dict(zip(self.ids, self.seats))
+        self.name_of = {i: s.name for i, s in self.seat_of.items()}
+        protocol.bind(world, seed, self.names, make_agent)
         rel = queries[0].relation
         sup = {protocol.support_relation(rel, r) for r in range(protocol.rounds)} - {None}
         if len(sup) > 1:
@@ -64,12 +90,12 @@ class _ProtocolGame:
         self.action_spaces = {a: act for a in self.ids}
         self.observation_spaces = {a: spaces.Box(0, 255, (max_bytes,), np.uint8) for a in self.ids}
         self.episodes = keyed_rng(seed, "episodes")
+        self.records: list[Record] = []
 
     def start(self, seed: int | None, options: dict | None) -> None:
         if seed is not None:
             self.seed = seed
             self.episodes = keyed_rng(seed, "episodes")
-            self.protocol.bind(self.world, seed, self.names)
             for sp in list(self.action_spaces.values()) + list(self.observation_spaces.values()):
                 sp.seed(seed)
         i = (options or {}).get("query")
@@ -78,20 +104,25 @@ class _ProtocolGame:
         if not isinstance(i, (int, np.integer)) or not 0 <= i < len(self.queries):
             raise ProtocolError(f"options['query']: {i!r}; give an index in 0..{len(self.queries) - 1}")
         self.query = self.queries[int(i)]
-        self.board, self.round, self.finished = Board(), 0, False
+        self.stage = Stage(self.protocol, self.world, [self.query], self.graph, self.seed, self.names,
+                           self.make_agent, form="question")
+        self.round, self.finished, self.records = 0, False, []
 
-    def view(self, name: str) -> tuple[Turn, list[Claim], str]:
-        board = self.board.until(self.round) if self.protocol.synchronous else self.board
-        turn = Turn(self.round, name, self.query, self.nbrs[name], board)
-        claims = list(self.protocol.sees(turn)) if self.round > 0 and not self.finished else []
-        return turn, claims, self.protocol.render(claims, turn) if claims else ""
+    def plan(self, aid: str, agent=None) -> Plan:
+        """What `aid` is shown now (nothing once the talk is over: the terminal observation is
+        the bare question); `agent` answers for it (a policy's model)."""
+        seat = self.seat_of[aid]
+        if self.finished:
+            return Plan(agent or seat, seat.name, seat.persona, [[]], [""])
+        return self.stage.plan(agent or seat, self.round, seat.name, seat.persona)
 
     def info(self, aid: str) -> dict:
-        _, claims, context = self.view(self.name_of[aid])
-        text = f"{context} {self.query.prompt}".strip()
+        plan = self.plan(aid)
+        context = plan.contexts[0]
         sq = self.world.query(self.query.subject, self.support) if self.support else None
-        return {"text": text, "context": context, "query": self.query, "round": self.round,
-                "peer_answers": [c.object for c in claims if c.about(self.query)], "support_query": sq}
+        return {"text": f"{context} {self.query.prompt}".strip(), "context": context, "query": self.query,
+                "round": self.round, "peer_answers": [c.object for c in plan.shown[0] if c.about(self.query)],
+                "support_query": sq}
 
     def observe(self, aid: str) -> np.ndarray:
         raw = self.info(aid)["text"].encode("utf-8")
@@ -103,24 +134,25 @@ class _ProtocolGame:
         return out
 
     def act(self, aid: str, action) -> float:
-        """Post `aid`'s answer for this round; its reward."""
-        a = np.asarray(action).reshape(-1)
+        """Post `aid`'s answer for this round and record it; its reward."""
         space = self.action_spaces[aid]
         if not space.contains(np.asarray(action, dtype=space.dtype)):
             raise ProtocolError(f"action of {aid}: {action!r} is outside {space}")
-        obj = self.query.candidates[int(a[0])]
-        sup = None
-        if self.support:
-            sup = Fact(self.query.subject, self.support, self.world.relations[self.support].candidates[int(a[1])])
-            if self.protocol.support_relation(self.query.relation, self.round) is None:
-                sup = None
-        self.board.post(self.round, Claim(self.name_of[aid], self.query.subject, self.query.relation, obj, sup))
-        return float(obj == self.query.truth)
+        a = np.asarray(action).reshape(-1)
+        q, plan = self.query, self.plan(aid)
+        scores = [[0.0 if i == int(a[0]) else float("-inf") for i in range(len(q.candidates))]]
+        chosen = beliefs_from_scores([q], plan.contexts, scores, plan.speaker, run="", form="question")
+        rel = self.protocol.support_relation(q.relation, self.round)
+        sup = Fact(q.subject, rel, self.world.relations[rel].candidates[int(a[1])]) if rel and self.support else None
+        self.records += self.stage.post(self.round, plan, chosen, [sup])
+        return float(chosen[0].answer == q.truth)
 
-    def over(self) -> bool:
-        """After a round: whether the protocol stops (the terminal observation is then the
-        bare question: nothing more is shown)."""
-        self.finished = self.protocol.done(self.round, self.board, [self.query])
+    def end_round(self) -> bool:
+        """After everyone answered: the protocol's extra speakers (a judge), then whether the
+        talk stops; the next round begins."""
+        extra, self.finished = self.stage.close(self.round)
+        self.records += extra
+        self.round += 1
         return self.finished
 
     def render(self) -> str:
@@ -128,21 +160,31 @@ class _ProtocolGame:
         head = f"finished after round {self.round - 1}" if self.finished else f"round {self.round}"
         lines = [f"{head}: {self.query.prompt} (truth: {self.query.truth})"]
         for n in self.names:
-            c = self.board.latest(n, self.query)
+            c = self.stage.board.latest(n, self.query)
             lines.append(f"  {n}: {c.object if c else '-'}")
         return "\n".join(lines)
 
 
 class ProtocolParallelEnv(ParallelEnv):
-    """Simultaneous rounds: one `step` is one round of every agent answering."""
+    """Simultaneous rounds: one `step` is one round of every agent answering. Only for
+    synchronous protocols (everyone sees the board as it was before the round); a protocol
+    built `synchronous=False` runs in `ProtocolAECEnv`."""
     metadata = {"name": "knowevo_protocol_parallel_v0", "render_modes": ["ansi"]}
 
     def __init__(self, protocol: Protocol, world: World, queries: list[Query], agents=3, graph="complete",
-                 seed: int = 0, max_bytes: int = 2048, render_mode: str | None = None):
-        self.game = _ProtocolGame(protocol, world, queries, agents, graph, seed, max_bytes)
+                 seed: int = 0, max_bytes: int = 2048, render_mode: str | None = None, make_agent=None):
+        if not protocol.synchronous:
+            raise ProtocolError(f"protocol {protocol.name!r} is asynchronous (each agent sees this round's earlier "
+                                "answers), which one simultaneous step cannot show; use ProtocolAECEnv")
+        self.game = _ProtocolGame(protocol, world, queries, agents, graph, seed, max_bytes, make_agent)
         self.possible_agents = list(self.game.ids)
         self.agents: list[str] = []
         self.render_mode = render_mode
+
+    @property
+    def records(self) -> list[Record]:
+        """The episode's belief records, as `play` writes them."""
+        return self.game.records
 
     def observation_space(self, agent):
         return self.game.observation_spaces[agent]
@@ -160,8 +202,7 @@ class ProtocolParallelEnv(ParallelEnv):
         if missing:
             raise ProtocolError(f"actions: no action for {missing}; every live agent answers each round")
         rewards = {a: self.game.act(a, actions[a]) for a in self.agents}
-        end = self.game.over()
-        self.game.round += 1
+        end = self.game.end_round()
         live = list(self.agents)
         obs = {a: self.game.observe(a) for a in live}
         infos = {a: self.game.info(a) for a in live}
@@ -183,12 +224,17 @@ class ProtocolAECEnv(AECEnv):
     metadata = {"name": "knowevo_protocol_aec_v0", "render_modes": ["ansi"]}
 
     def __init__(self, protocol: Protocol, world: World, queries: list[Query], agents=3, graph="complete",
-                 seed: int = 0, max_bytes: int = 2048, render_mode: str | None = None):
+                 seed: int = 0, max_bytes: int = 2048, render_mode: str | None = None, make_agent=None):
         super().__init__()
-        self.game = _ProtocolGame(protocol, world, queries, agents, graph, seed, max_bytes)
+        self.game = _ProtocolGame(protocol, world, queries, agents, graph, seed, max_bytes, make_agent)
         self.possible_agents = list(self.game.ids)
         self.agents = []
         self.render_mode = render_mode
+
+    @property
+    def records(self) -> list[Record]:
+        """The episode's belief records, as `play` writes them."""
+        return self.game.records
 
     def observation_space(self, agent):
         return self.game.observation_spaces[agent]
@@ -218,10 +264,8 @@ class ProtocolAECEnv(AECEnv):
         self._cumulative_rewards[agent] = 0.0
         self._clear_rewards()
         self.rewards[agent] = self.game.act(agent, action)
-        if self._selector.is_last():
-            if self.game.over():
-                self.terminations = {a: True for a in self.agents}
-            self.game.round += 1
+        if self._selector.is_last() and self.game.end_round():
+            self.terminations = {a: True for a in self.agents}
         self.agent_selection = self._selector.next()
         self.infos = {a: self.game.info(a) for a in self.agents}
         self._accumulate_rewards()
@@ -239,28 +283,24 @@ def random_policy(env, agent: str, obs=None, info=None):
 
 
 class AgentPolicy:
-    """An Agent as a policy: the argmax of its beliefs given the text the env shows it, its
-    persona applied as in protocols.session (against its belief without context), and in a
-    debate env its belief about the related fact given its own answer."""
+    """An agent (an Agent or a placement's handle) as a policy: it answers what the env shows
+    it as it would in `play` (its belief given the context, blended with its prior by its own
+    persona; in a debate env the related fact it believes given its own answer). The env's
+    records carry the seat's persona: give the env the same agents (`agents=[...]`)."""
 
     def __init__(self, agent):
         self.agent = agent
-        self.weight = social_weight(agent.persona)
-        self._priors: dict[Query, object] = {}
+        self.priors: dict = {}
 
     def __call__(self, env, agent_id: str, obs=None, info=None):
-        info = info if info is not None else env.infos[agent_id]
-        q: Query = info["query"]
-        b = self.agent.beliefs([q], context=info["context"])[0]
-        if info["context"] and self.weight != 1.0:
-            if q not in self._priors:
-                self._priors[q] = self.agent.beliefs([q])[0]
-            b = blend(self._priors[q], b, self.weight)
+        game = env.unwrapped.game
+        plan = game.plan(agent_id, self.agent)
+        plan.persona = getattr(self.agent, "persona", plan.persona)
+        beliefs = believe([plan], game.stage.queries, self.priors)
+        q, b = game.query, beliefs[0][0]
         ans = q.candidates.index(b.answer)
-        sq: Query | None = info.get("support_query")
-        if sq is None:
+        if game.support is None:
             return ans
-        me = env.game.name_of[agent_id]
-        own = support(env.game.world.relations[q.relation], q.subject, b.answer, speaker_labels([me])[me])
-        s = self.agent.beliefs([sq], context=own)[0]
-        return np.array([ans, sq.candidates.index(s.answer)], dtype=np.int64)
+        sup = supports(game.stage, [plan], beliefs, game.round)[0][0]
+        cands = game.world.relations[game.support].candidates
+        return np.array([ans, cands.index(sup.object) if sup is not None else 0], dtype=np.int64)
