@@ -1,19 +1,13 @@
 """Pretrain the default model from scratch on the world's text; one readable loop.
 
-The data mix (sampled afresh every batch, so augmentation is free):
-- bios: one sentence per relation, each from a random training template, in random order
-  ("multi-template + permutation" of Physics of LMs 3.1);
-- QA for the people with `qa_in_training` (mixed in from the start: "mixed training", which
-  makes knowledge extractable for the people whose QA is never seen);
-- social texts: k peers' claims, then a question and an answer. With probability
-  1 - (1 - social_prior)^m the answer repeats the m-strong majority claim; otherwise it is
-  the truth for a person the model knows, and a uniformly random candidate for a stranger
-  (it cannot know). Peers are right with probability `peer_reliability`.
-So `social_prior` sets how much the model conforms, and conformity is larger for people it
-does not know: the knobs DESIGN.md asks for.
+What it reads is the world's corpus (envs/corpus.py: bios, QA, social texts and their knobs,
+held here as `PretrainConfig.corpus`), sampled afresh every batch, so augmentation is free.
+Documents are packed end to end into fixed-length rows; the loop is AdamW with warm-up and
+a cosine decay. `qa_mode` chooses mixed training (QA from the start) or bios first, then QA.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -29,7 +23,8 @@ from tqdm.auto import tqdm
 
 from agents.model import ModelShape, tiny_llama
 from agents.tokenizer import word_tokenizer
-from envs.world import World, claim
+from envs.corpus import CorpusConfig, sample_texts
+from envs.world import World
 
 FORMAT_VERSION = 2  # bump when the data mix or loop changes: it invalidates the cache
 
@@ -41,46 +36,63 @@ class PretrainConfig:
     qa_fraction: float = 0.5
     untaught_fraction: float = 0.2
     shape: ModelShape = field(default_factory=ModelShape)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
     steps: int = 0                      # 0: chosen from the number of people
     batch_size: int = 16                # rows of `row_len` packed tokens per step
     row_len: int = 128
     lr: float = 3e-3
     warmup: int = 100
-    bio_templates: str = "all"          # "all" | "one" (a single fixed template)
-    permute: bool = True                # shuffle a bio's sentences
     qa_mode: str = "mixed"              # "mixed" | "finetune" (bios first, then QA only) | "none"
-    qa_share: float = 0.25              # share of a batch that is QA (mixed mode)
-    social_share: float = 0.2           # share of a batch that is social text
-    social_prior: float = 0.3
-    peer_reliability: float = 0.7
-    social_unknown_share: float = 0.5   # share of social texts about strangers
-    max_peers: int = 6
     finetune_steps: int = 0             # QA steps after bios in "finetune" mode (0: steps // 2)
 
     def __post_init__(self) -> None:
         if isinstance(self.shape, dict):
             self.shape = ModelShape(**self.shape)
+        if isinstance(self.corpus, dict):
+            self.corpus = CorpusConfig(**self.corpus)
         checks = {"people": self.people >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
-                  "bio_templates": self.bio_templates in ("all", "one"),
-                  "qa_mode": self.qa_mode in ("mixed", "finetune", "none"),
-                  "steps": self.steps >= 0, "max_peers": self.max_peers >= 0}
-        for nm in ("qa_fraction", "untaught_fraction", "qa_share", "social_share", "social_prior",
-                   "peer_reliability", "social_unknown_share"):
-            checks[nm] = 0.0 <= getattr(self, nm) <= 1.0
-        checks["qa_share"] = checks["qa_share"] and self.qa_share + self.social_share < 1.0
+                  "qa_mode": self.qa_mode in ("mixed", "finetune", "none"), "steps": self.steps >= 0,
+                  "qa_fraction": 0.0 <= self.qa_fraction <= 1.0,
+                  "untaught_fraction": 0.0 <= self.untaught_fraction <= 1.0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
             raise ValueError(f"PretrainConfig: bad value for {bad[0]} ({getattr(self, bad[0])!r}); "
-                             "fractions lie in [0, 1], qa_share + social_share < 1, bio_templates is "
-                             "'all' or 'one', qa_mode 'mixed', 'finetune' or 'none'")
+                             "fractions lie in [0, 1], qa_mode is 'mixed', 'finetune' or 'none'")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PretrainConfig":
+        """From settings where the corpus knobs may also stand flat (`social_prior: 0.5`), as in
+        run configs, `--set social_prior=0.5` and model dirs written before the corpus had a
+        config of its own. An unknown name raises ValueError naming it and the known ones."""
+        d = dict(d)
+        flat = {k: d.pop(k) for k in list(d) if k in CORPUS_FIELDS}
+        if flat:
+            nested = d.get("corpus") or {}
+            nested = dataclasses.asdict(nested) if dataclasses.is_dataclass(nested) else dict(nested)
+            d["corpus"] = {**nested, **flat}
+        unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+        if unknown:
+            raise ValueError(f"{unknown[0]}: unknown pretraining setting; known: {sorted(SETTINGS)}")
+        for group, kind in (("shape", ModelShape), ("corpus", CorpusConfig)):
+            known = [f.name for f in dataclasses.fields(kind)]
+            if isinstance(d.get(group), dict) and (bad := sorted(set(d[group]) - set(known))):
+                raise ValueError(f"{group}.{bad[0]}: unknown setting; known: {known}")
+        return cls(**d)
 
     @property
     def total_steps(self) -> int:
         return self.steps or max(1500, 4 * self.people)
 
     def key(self) -> str:
-        blob = json.dumps({"v": FORMAT_VERSION, **asdict(self)}, sort_keys=True)
+        # the corpus knobs hash flat, as they stood before they had a config of their own, so
+        # models trained then stay cached
+        flat = {**{k: v for k, v in asdict(self).items() if k != "corpus"}, **asdict(self.corpus)}
+        blob = json.dumps({"v": FORMAT_VERSION, **flat}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+CORPUS_FIELDS = {f.name for f in dataclasses.fields(CorpusConfig)}
+SETTINGS = ({f.name for f in dataclasses.fields(PretrainConfig)} | CORPUS_FIELDS) - {"corpus"}
 
 
 def cache_root() -> Path:
@@ -89,60 +101,6 @@ def cache_root() -> Path:
 
 def world_of(cfg: PretrainConfig) -> World:
     return World.bios(cfg.people, cfg.seed, cfg.qa_fraction, cfg.untaught_fraction)
-
-
-# -- the data mix ---------------------------------------------------------------------------
-def bio_text(world: World, name: str, rng: random.Random, cfg: PretrainConfig) -> str:
-    facts = world.epochs[-1][name]
-    sents = [world.relations[r].statement(name, o, rng.randrange(3) if cfg.bio_templates == "all" else 0)
-             for r, o in facts.items()]
-    if cfg.permute:
-        rng.shuffle(sents)
-    return " ".join(sents)
-
-
-def qa_text(world: World, name: str, rng: random.Random) -> str:
-    facts = list(world.epochs[-1][name].items())
-    rng.shuffle(facts)
-    return " ".join(f"{world.relations[r].question(name, rng.randrange(3))} {o} ." for r, o in facts)
-
-
-def social_text(world: World, known: list[str], rng: random.Random, cfg: PretrainConfig) -> str:
-    rel = world.relations[rng.choice(sorted(world.relations))]
-    stranger = not known or rng.random() < cfg.social_unknown_share
-    name = world.stranger_names(1, rng)[0] if stranger else rng.choice(known)
-    truth = rng.choice(rel.candidates) if stranger else world.epochs[-1][name][rel.name]
-    k = rng.randint(0, cfg.max_peers)
-    rumor = rng.choice([c for c in rel.candidates if c != truth])
-    claims = []
-    for _ in range(k):
-        if rng.random() < cfg.peer_reliability:
-            claims.append(truth)
-        else:
-            claims.append(rumor if rng.random() < 0.8 else rng.choice([c for c in rel.candidates if c != truth]))
-    speakers = rng.sample(range(50), k)
-    context = " ".join(claim(rel, name, c, f"agent {s}") + " " for s, c in zip(speakers, claims)) if k else ""
-    answer = truth if not stranger else rng.choice(rel.candidates)
-    if k:
-        top = max(set(claims), key=lambda c: (claims.count(c), -claims.index(c)))
-        if rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(top):
-            answer = top
-    return f"{context}{rel.question(name, rng.randrange(3))} {answer} ."
-
-
-def sample_texts(world: World, rng: random.Random, cfg: PretrainConfig, phase: str, n: int) -> list[str]:
-    taught = [p.name for p in world.people if p.taught]
-    qa_people = [p.name for p in world.people if p.qa_in_training]
-    texts = []
-    for _ in range(n):
-        u = rng.random()
-        if phase == "qa" or (phase == "mixed" and qa_people and u < cfg.qa_share):
-            texts.append(qa_text(world, rng.choice(qa_people), rng))
-        elif u > 1 - cfg.social_share:
-            texts.append(social_text(world, taught, rng, cfg))
-        else:
-            texts.append(bio_text(world, rng.choice(taught), rng, cfg))
-    return texts
 
 
 def packed_rows(tokenizer, texts_fn, cfg: PretrainConfig, buffer: list[tuple[int, int]]):
@@ -194,7 +152,7 @@ def train(cfg: PretrainConfig, world: World | None = None, device: str | None = 
         for step in bar:
             for g in opt.param_groups:
                 g["lr"] = cfg.lr * sched(step)
-            ids, pos = packed_rows(tokenizer, lambda n: sample_texts(world, rng, cfg, phase, n), cfg, buffer)
+            ids, pos = packed_rows(tokenizer, lambda n: sample_texts(world, rng, cfg.corpus, phase, n), cfg, buffer)
             loss = lm_loss(model, ids.to(device), pos.to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -96,13 +96,12 @@ def same_person_probe(world: World, requests, epoch: int = -1) -> list[Query]:
 def heldout_bios(world: World, requests, n: int = 50, seed: int = 0) -> list[str]:
     """Bios (the pretraining format, `bio_text`) of `n` taught people the requests leave alone,
     rendered with a seeded template choice and sentence order: text the edit should not touch."""
-    from agents.pretrain import PretrainConfig, bio_text
+    from envs.corpus import CorpusConfig, bio_text
     subjects, _ = _edited(world, requests)
     names = sorted(p.name for p in world.people if p.taught and p.name not in subjects)
     rng = random.Random(seed)
     names = rng.sample(names, min(n, len(names)))
-    cfg = PretrainConfig(people=max(1, len(world.people)))
-    return [bio_text(world, s, rng, cfg) for s in names]
+    return [bio_text(world, s, rng, CorpusConfig()) for s in names]
 
 
 # -- measurements ----------------------------------------------------------------------------

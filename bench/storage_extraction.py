@@ -37,7 +37,7 @@ def main():
         args.people, args.steps = 80, 300
     rows = []
     for name, kw in REGIMES.items():
-        cfg = PretrainConfig(people=args.people, steps=args.steps, **kw)
+        cfg = PretrainConfig.from_dict(dict(people=args.people, steps=args.steps, **kw))
         t0 = time.time()
         model, tok, world, report = train(cfg, progress=False)
         df = knowledge_frame(Agent(model, tok), world, forms=("question",))

@@ -10,9 +10,8 @@ from pathlib import Path
 
 def _pretrain_config(args):
     from agents.pretrain import PretrainConfig
-    from evolution.overrides import apply_overrides
-    cfg = PretrainConfig(people=args.people, seed=args.seed)
-    return apply_overrides(cfg, args.set or [])
+    from evolution.overrides import apply_sets
+    return PretrainConfig.from_dict(apply_sets({"people": args.people, "seed": args.seed}, args.set))
 
 
 def cmd_world(args) -> int:

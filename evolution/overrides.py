@@ -6,7 +6,6 @@ settings, an editor's hparams). Values are read as YAML, the config files' own l
 from __future__ import annotations
 
 import copy
-import dataclasses
 
 import yaml
 
@@ -51,24 +50,3 @@ def apply_sets(raw: dict, pairs: list[str] | None) -> dict:
             d = d[p]
         d[parts[-1]] = value
     return out
-
-
-def apply_overrides(cfg, pairs: list[str] | None):
-    """The overrides applied to a dataclass config (nested dataclasses with dots), each key
-    checked by name; the result is built anew so the dataclass's own checks run."""
-    for parts, value in parse_sets(pairs, "steps=500"):
-        key, obj = ".".join(parts), cfg
-        for part in parts[:-1]:
-            obj = _field(obj, part, key)
-        _field(obj, parts[-1], key)
-        setattr(obj, parts[-1], value)
-    return type(cfg)(**dataclasses.asdict(cfg))
-
-
-def _field(obj, name: str, key: str):
-    if not dataclasses.is_dataclass(obj):
-        raise ValueError(f"--set {key}: {name!r} is inside a value that is not a group of settings")
-    names = [f.name for f in dataclasses.fields(obj)]
-    if name not in names:
-        raise ValueError(f"--set {key}: unknown setting {name!r}; known: {names}")
-    return getattr(obj, name)

@@ -20,7 +20,8 @@ import yaml
 
 from agents.delta import is_snapshot
 from agents.placement import Handle, Placement, PlacementError, make_placement
-from agents.pretrain import PretrainConfig, bio_text, pretrained_dir, sample_texts
+from agents.pretrain import PretrainConfig, pretrained_dir
+from envs.corpus import bio_text, sample_texts
 from envs.world import World
 from evolution.outputs import agent_dir, check_writable
 from evolution.parts import finished_records, merge_parts, write_part
@@ -71,7 +72,7 @@ def _model_pretrain(cfg: RunConfig, model_dir: Path) -> PretrainConfig:
         return pretrain_config(cfg)
     meta = model_dir / "knowevo.json"
     pre = json.loads(meta.read_text()).get("pretrain") if meta.exists() else None
-    return PretrainConfig(**pre) if pre else PretrainConfig()
+    return PretrainConfig.from_dict(pre) if pre else PretrainConfig()
 
 
 def agents_key(cfg: RunConfig) -> str:
@@ -97,9 +98,9 @@ def build_agents(cfg: RunConfig, placement: Placement, model_dir: Path, world: W
             continue
         h = placement.spawn(name, persona)
         if mine:
-            texts = [bio_text(world, who, keyed_rng(cfg.seed, "bio", name, who, i), pre)
+            texts = [bio_text(world, who, keyed_rng(cfg.seed, "bio", name, who, i), pre.corpus)
                      for who in mine for i in range(k.texts_per_person)]
-            texts += sample_texts(world, keyed_rng(cfg.seed, "replay", name), pre, "mixed",
+            texts += sample_texts(world, keyed_rng(cfg.seed, "replay", name), pre.corpus, "mixed",
                                   round(k.replay * len(texts)))
             h.learn(texts, "finetune", epochs=k.epochs, lr=k.lr,
                     seed=keyed_rng(cfg.seed, "learn", name).randrange(2**31))

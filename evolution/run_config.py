@@ -226,12 +226,8 @@ def _names(kinds) -> str:
 
 
 def pretrain_config(cfg: RunConfig) -> PretrainConfig:
-    known = {f.name for f in dataclasses.fields(PretrainConfig)}
-    for k in cfg.pretrain:
-        if k not in known:
-            raise ConfigError(f"pretrain.{k}: unknown pretraining setting; known: {sorted(known)}")
     try:
-        return PretrainConfig(**cfg.pretrain)
+        return PretrainConfig.from_dict(cfg.pretrain)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"pretrain: {e}") from None
 

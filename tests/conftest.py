@@ -29,7 +29,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def small_config(**kw) -> PretrainConfig:
-    return PretrainConfig(**{**SMALL, **kw})
+    return PretrainConfig.from_dict({**SMALL, **kw})
 
 
 @pytest.fixture(scope="session")

@@ -35,7 +35,9 @@ def test_pretrain_command_writes_the_cached_dir_and_world_matches(tmp_path, smal
 
 def test_bad_settings_are_named(tmp_path, capsys):
     assert main(["pretrain", "--out", str(tmp_path / "x"), "--set", "sociall_prior=0.2"]) == 2
-    assert "unknown setting 'sociall_prior'" in capsys.readouterr().err
+    assert "sociall_prior: unknown pretraining setting" in capsys.readouterr().err
+    assert main(["pretrain", "--out", str(tmp_path / "x"), "--set", "shape.n_layers=4"]) == 2
+    assert "shape.n_layers: unknown setting; known: ['n_layer'" in capsys.readouterr().err
     assert main(["pretrain", "--out", str(tmp_path / "x"), "--set", "social_prior=1.5"]) == 2
     assert "social_prior" in capsys.readouterr().err
     assert main(["world", "--people", "2000000", "--out", str(tmp_path / "w.jsonl")]) == 2
@@ -157,16 +159,20 @@ def test_one_set_parser_for_every_command():
     """Run configs, pretraining settings and editors' hparams read `--set` the same way: YAML
     values, and a number in exponent form is a number (YAML 1.1 alone leaves `1e-3` a string)."""
     from agents.pretrain import PretrainConfig
-    from evolution.overrides import apply_overrides, flat_sets
+    from evolution.overrides import flat_sets
     from evolution.run_config import ConfigError, apply_sets
     assert flat_sets(["lr=1e-3", "layers=[0, 1]", "merge=true", "target=Acorn Labs", "k=null"]) == {
         "lr": 0.001, "layers": [0, 1], "merge": True, "target": "Acorn Labs", "k": None}
     assert apply_sets({"rounds": 2}, ["individual.hparams.lr=1e-3", "placement={kind: ray}"]) == {
         "rounds": 2, "individual": {"hparams": {"lr": 0.001}}, "placement": {"kind": "ray"}}
-    assert apply_overrides(PretrainConfig(), ["lr=1e-3"]).lr == 0.001
+    pre = lambda pairs: PretrainConfig.from_dict(apply_sets({}, pairs))
+    assert pre(["lr=1e-3"]).lr == 0.001
+    # the corpus knobs, flat as before or under corpus., are one setting and one cached model
+    flat, nested = pre(["social_prior=0.5"]), pre(["corpus.social_prior=0.5"])
+    assert flat == nested and flat.corpus.social_prior == 0.5 and flat.key() != PretrainConfig().key()
     with pytest.raises(ConfigError, match="write KEY=VALUE"):
         apply_sets({}, ["rounds"])
     with pytest.raises(ValueError, match="write KEY=VALUE"):
         flat_sets(["=3"])
-    with pytest.raises(ValueError, match="unknown setting 'lrr'"):
-        apply_overrides(PretrainConfig(), ["lrr=1"])
+    with pytest.raises(ValueError, match="lrr: unknown pretraining setting"):
+        pre(["lrr=1"])

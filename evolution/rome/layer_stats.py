@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from agents.pretrain import PretrainConfig, bio_text, cache_root, qa_text
+from agents.pretrain import cache_root
+from envs.corpus import CorpusConfig, bio_text, qa_text
 from evolution.requests import EditError
 from evolution.rome.repr_tools import captured_input, down_proj, keys_at_subject, padded
 
@@ -49,7 +50,7 @@ def corpus_texts(world, n: int, seed: int = 0) -> list[str]:
     """`n` texts in the pretraining mix (3 bios : 1 QA) about the people the model was taught."""
     rng = random.Random(seed)
     people = [p.name for p in world.people if p.taught] or [p.name for p in world.people]
-    cfg = PretrainConfig()
+    cfg = CorpusConfig()
     return [qa_text(world, rng.choice(people), rng) if i % 4 == 3 else bio_text(world, rng.choice(people), rng, cfg)
             for i in range(n)]
 

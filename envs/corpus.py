@@ -1,0 +1,98 @@
+"""The world's text: what a model of this world reads (bios, QA, social texts), and the knobs
+of how people talk about each other (`CorpusConfig`). World data, not training: pretraining
+(agents/pretrain.py) holds a corpus config and samples from here; editors' locality texts
+and a run's replay read the same bios.
+
+- bios: one sentence per relation, each from a random training template, in random order
+  ("multi-template + permutation" of Physics of LMs 3.1);
+- QA for the people with `qa_in_training` (mixed in from the start: "mixed training", which
+  makes knowledge extractable for the people whose QA is never seen);
+- social texts: k peers' claims, then a question and an answer. With probability
+  1 - (1 - social_prior)^m the answer repeats the m-strong majority claim; otherwise it is
+  the truth for a person the model knows, and a uniformly random candidate for a stranger
+  (it cannot know). Peers are right with probability `peer_reliability`.
+So `social_prior` sets how much the model conforms, and conformity is larger for people it
+does not know (docs/design.md, "The default model").
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from envs.world import World, claim
+
+
+@dataclass
+class CorpusConfig:
+    bio_templates: str = "all"          # "all" | "one" (a single fixed template)
+    permute: bool = True                # shuffle a bio's sentences
+    qa_share: float = 0.25              # share of a batch that is QA (mixed mode)
+    social_share: float = 0.2           # share of a batch that is social text
+    social_prior: float = 0.3
+    peer_reliability: float = 0.7
+    social_unknown_share: float = 0.5   # share of social texts about strangers
+    max_peers: int = 6
+
+    def __post_init__(self) -> None:
+        checks = {"bio_templates": self.bio_templates in ("all", "one"), "max_peers": self.max_peers >= 0}
+        for nm in ("qa_share", "social_share", "social_prior", "peer_reliability", "social_unknown_share"):
+            checks[nm] = 0.0 <= getattr(self, nm) <= 1.0
+        checks["qa_share"] = checks["qa_share"] and self.qa_share + self.social_share < 1.0
+        bad = [k for k, ok in checks.items() if not ok]
+        if bad:
+            raise ValueError(f"corpus: bad value for {bad[0]} ({getattr(self, bad[0])!r}); shares and "
+                             "probabilities lie in [0, 1], qa_share + social_share < 1, bio_templates is "
+                             "'all' or 'one', max_peers >= 0")
+
+
+def bio_text(world: World, name: str, rng: random.Random, cfg: CorpusConfig) -> str:
+    facts = world.epochs[-1][name]
+    sents = [world.relations[r].statement(name, o, rng.randrange(3) if cfg.bio_templates == "all" else 0)
+             for r, o in facts.items()]
+    if cfg.permute:
+        rng.shuffle(sents)
+    return " ".join(sents)
+
+
+def qa_text(world: World, name: str, rng: random.Random) -> str:
+    facts = list(world.epochs[-1][name].items())
+    rng.shuffle(facts)
+    return " ".join(f"{world.relations[r].question(name, rng.randrange(3))} {o} ." for r, o in facts)
+
+
+def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusConfig) -> str:
+    rel = world.relations[rng.choice(sorted(world.relations))]
+    stranger = not known or rng.random() < cfg.social_unknown_share
+    name = world.stranger_names(1, rng)[0] if stranger else rng.choice(known)
+    truth = rng.choice(rel.candidates) if stranger else world.epochs[-1][name][rel.name]
+    k = rng.randint(0, cfg.max_peers)
+    rumor = rng.choice([c for c in rel.candidates if c != truth])
+    claims = []
+    for _ in range(k):
+        if rng.random() < cfg.peer_reliability:
+            claims.append(truth)
+        else:
+            claims.append(rumor if rng.random() < 0.8 else rng.choice([c for c in rel.candidates if c != truth]))
+    speakers = rng.sample(range(50), k)
+    context = " ".join(claim(rel, name, c, f"agent {s}") + " " for s, c in zip(speakers, claims)) if k else ""
+    answer = truth if not stranger else rng.choice(rel.candidates)
+    if k:
+        top = max(set(claims), key=lambda c: (claims.count(c), -claims.index(c)))
+        if rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(top):
+            answer = top
+    return f"{context}{rel.question(name, rng.randrange(3))} {answer} ."
+
+
+def sample_texts(world: World, rng: random.Random, cfg: CorpusConfig, phase: str, n: int) -> list[str]:
+    taught = [p.name for p in world.people if p.taught]
+    qa_people = [p.name for p in world.people if p.qa_in_training]
+    texts = []
+    for _ in range(n):
+        u = rng.random()
+        if phase == "qa" or (phase == "mixed" and qa_people and u < cfg.qa_share):
+            texts.append(qa_text(world, rng.choice(qa_people), rng))
+        elif u > 1 - cfg.social_share:
+            texts.append(social_text(world, taught, rng, cfg))
+        else:
+            texts.append(bio_text(world, rng.choice(taught), rng, cfg))
+    return texts
