@@ -1,45 +1,45 @@
 """Name -> function tables for editing and learning methods.
 
-The core does not know any method: `evolution/` registers its own on import. A method is
-`fn(agent, requests_or_data, **hparams) -> report`. Users' methods are found the way users'
-protocols are: `@register_editor(name)` in Python, an entry point in the group
-`knowevo.editors` / `knowevo.learners` of their package, or a dotted path
-`package.module:function` given as the method name (so `knowevo edit --method` takes them).
+The core does not know any method. A method is `fn(agent, requests_or_data, **hparams) ->
+report`, found by name: `@register_editor(name)` in Python, an entry point in the group
+`knowevo.editors` / `knowevo.learners` of a package (the built-ins are declared so in
+knowevo's own pyproject.toml), or a dotted path `package.module:function` given as the method
+name (so `knowevo edit --method` takes them).
 """
 from __future__ import annotations
 
-import importlib
+import warnings
 from dataclasses import fields
 from importlib.metadata import entry_points
 from typing import Callable
 
+from agents.hparams import read_hparams
 from agents.plugins import import_dotted
 
 EDITORS: dict[str, Callable] = {}
 LEARNERS: dict[str, Callable] = {}
 HPARAMS: dict[Callable, tuple[type, tuple[str, ...]]] = {}   # method -> (its hparams dataclass, other keywords)
-_BUILTINS = "evolution.builtin_methods"   # imports every built-in method module
 ENTRY_POINT_GROUPS = {"edit": "knowevo.editors", "learning": "knowevo.learners"}
+
+
+def _register(table: dict, name: str, hparams: type | None, also: tuple[str, ...]):
+    def deco(fn):
+        table[name] = fn
+        if hparams is not None:
+            HPARAMS[fn] = (hparams, also)
+        return fn
+    return deco
 
 
 def register_editor(name: str, hparams: type | None = None, also: tuple[str, ...] = ()):
     """`hparams`: the method's hyperparameter dataclass, so a run config's hparams can be checked
     before any work (`check_hparams`); `also`: keywords the method takes beside them."""
-    def deco(fn):
-        EDITORS[name] = fn
-        if hparams is not None:
-            HPARAMS[fn] = (hparams, also)
-        return fn
-    return deco
+    return _register(EDITORS, name, hparams, also)
 
 
 def register_learner(name: str, hparams: type | None = None, also: tuple[str, ...] = ()):
-    def deco(fn):
-        LEARNERS[name] = fn
-        if hparams is not None:
-            HPARAMS[fn] = (hparams, also)
-        return fn
-    return deco
+    """As `register_editor`, for a learning method."""
+    return _register(LEARNERS, name, hparams, also)
 
 
 def _entry_points(kind: str) -> dict:
@@ -57,12 +57,6 @@ def _from_dotted_path(name: str, kind: str) -> Callable:
 
 
 def _lookup(table: dict, name: str, kind: str) -> Callable:
-    if name not in table:
-        try:
-            importlib.import_module(_BUILTINS)
-        except ModuleNotFoundError as e:
-            if e.name != _BUILTINS:
-                raise
     if name in table:
         return table[name]
     if ":" in name:
@@ -72,6 +66,25 @@ def _lookup(table: dict, name: str, kind: str) -> Callable:
         return eps[name].load()
     raise ValueError(f"unknown {kind} method {name!r}; known: {sorted(set(table) | set(eps))}, or a "
                      "dotted path 'package.module:function'")
+
+
+_loaded = False
+
+
+def load_plugins() -> None:
+    """Import every method declared as an entry point, once, so that their agent-state codecs
+    and model extensions are registered before a saved agent is read. A plugin that fails to
+    import is named in a warning, not fatal: the agent may not need it."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for kind in ENTRY_POINT_GROUPS:
+        for ep in _entry_points(kind).values():
+            try:
+                ep.load()
+            except Exception as e:
+                warnings.warn(f"{ENTRY_POINT_GROUPS[kind]} entry point {ep.name!r} ({ep.value}) did not load: {e}")
 
 
 def editor(name: str) -> Callable:
@@ -112,14 +125,8 @@ def check_hparams(name: str, hparams: dict) -> None:
     if fn not in HPARAMS:
         return
     cls, also = HPARAMS[fn]
-    from evolution.requests import hparams_of   # the one place hparams are read
     hp = {k: v for k, v in hparams.items() if k not in also}
     try:
-        made = hparams_of(cls, hp, name, ValueError, also_known=also)
+        read_hparams(cls, hp, name, also, ValueError)
     except TypeError as e:
         raise ValueError(f"{name}: {e}") from None
-    if hasattr(made, "check"):       # learners' hparams check their values (replay comes from the run)
-        try:
-            made.check(None)
-        except Exception as e:
-            raise ValueError(str(e)) from None

@@ -1,6 +1,6 @@
 """The embedded default model: a tiny Llama sized for recall *and* for editing.
 
-DESIGN.md: 2 layers, d=128 learns 300 people fast on 2 cores, and
+docs/design.md ("The default model"): 2 layers, d=128 learns 300 people fast on 2 cores, and
 in such a model only layer 0's MLP is editable by ROME; at d=256 editing got much harder.
 Measured here (batch 16 x 128 packed tokens, 1,500 steps, 115 s): d_ff=256 (0.53 M
 parameters) reached 0.99 / 0.975 / 0.945 QA-trained / QA-never-trained / held-out recall.

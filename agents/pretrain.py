@@ -56,14 +56,22 @@ class PretrainConfig:
                   "untaught_fraction": 0.0 <= self.untaught_fraction <= 1.0}
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"PretrainConfig: bad value for {bad[0]} ({getattr(self, bad[0])!r}); "
-                             "fractions lie in [0, 1], qa_mode is 'mixed', 'finetune' or 'none'")
+            raise ValueError(f"{bad[0]}: bad value {getattr(self, bad[0])!r}; fractions lie in [0, 1], qa_mode "
+                             "is 'mixed', 'finetune' or 'none', counts are >= 1")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PretrainConfig":
+    def from_dict(cls, d: dict, where: str = "") -> "PretrainConfig":
         """From settings where the corpus knobs may also stand flat (`social_prior: 0.5`), as in
         run configs, `--set social_prior=0.5` and model dirs written before the corpus had a
-        config of its own. An unknown name raises ValueError naming it and the known ones."""
+        config of its own. A bad or unknown setting raises ValueError naming it (after `where`,
+        e.g. "pretrain.") and the fix."""
+        try:
+            return cls._from_dict(d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}{e}") from None
+
+    @classmethod
+    def _from_dict(cls, d: dict) -> "PretrainConfig":
         d = dict(d)
         flat = {k: d.pop(k) for k in list(d) if k in CORPUS_FIELDS}
         if flat:

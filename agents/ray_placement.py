@@ -32,8 +32,12 @@ class _Shard:
                  threads: int, serve_kw: dict):
         import torch
         torch.set_num_threads(threads)
-        from agents.placement import make_placement
-        self.p = make_placement(serve, model_dir, device, batch_size, max_rank, **serve_kw)
+        if serve == "vllm":
+            from agents.vllm_placement import VllmPlacement
+            self.p = VllmPlacement(model_dir, batch_size=batch_size, max_rank=max_rank, **serve_kw)
+        else:
+            from agents.population import PopulationPlacement
+            self.p = PopulationPlacement.from_dir(model_dir, device, batch_size, max_rank=max_rank)
 
     def ready(self) -> str:
         return self.p.base_fingerprint()

@@ -8,7 +8,6 @@ loss. State lives in `agent.state` (a dict), never in a cache keyed by a model o
 """
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 from typing import Callable
@@ -34,7 +33,8 @@ def register_extension(key: str, take: Callable, put: Callable) -> None:
 
 
 def _builtins() -> None:
-    importlib.import_module("evolution.builtin_methods")         # the built-in methods register theirs
+    from agents.methods import load_plugins     # the methods register their codecs and extensions on import
+    load_plugins()
 
 
 def take_extensions(model) -> dict:

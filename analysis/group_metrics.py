@@ -2,7 +2,7 @@
 
 Every function takes the records DataFrame (`agents.records.to_frame`, or a run's
 `records.parquet`) and returns a small table. Definitions are the project's
-(`DESIGN.md`, "Metrics"):
+(docs/design.md, "Metrics"):
 
 - an *answer unit* is one agent's answer to one query (subject, relation, form) under one
   condition, followed over rounds;

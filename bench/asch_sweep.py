@@ -11,9 +11,7 @@ reports the switch rate instead (0 by construction: round 1 then asks the same q
 """
 from __future__ import annotations
 
-import argparse
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -21,11 +19,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.group_metrics import conformity, wilson_interval  # noqa: E402
-from bench.common import ROOT, md_table, write_section  # noqa: E402
-from evolution.run import run_experiment  # noqa: E402
-from evolution.run_config import load  # noqa: E402
+from bench.common import MODEL_QUICK, ROOT, md_table, run_config_experiment, write_section  # noqa: E402
 
-MODEL_QUICK = "The tests' small model (80 people, 400 steps; --quick)"
 CONFIG = ROOT / "configs" / "asch.yaml"
 QUICK = ["pretrain.people=80", "pretrain.seed=0", "pretrain.steps=400", "queries.people=6",
          "queries.relations=[company, university]"]
@@ -72,21 +67,9 @@ def flatness(t: pd.DataFrame) -> str:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="the tests' small model (80 people, 400 steps), 6 people x 2 relations: "
-                         "proves the script runs")
-    ap.add_argument("--out", default=None, help="run dir (default runs/asch[-quick]); a finished run is read back")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    args = ap.parse_args()
-    sets = (QUICK if args.quick else []) + args.set
-    out = Path(args.out or ROOT / "runs" / ("asch" + ("-quick" if args.quick else "")))
-    _, cfg, _, world = load(CONFIG, sets)
-    resumed = (out / "records.parquet").exists()
-    t0 = time.perf_counter()
-    df = run_experiment(CONFIG, out, sets, progress=True)
-    seconds = time.perf_counter() - t0
-    took = f"{seconds:.0f} s" + (f" (a finished run in {out.name} read back)" if resumed else "")
+    args, cfg, _, world, df, took = run_config_experiment(
+        __doc__.splitlines()[0], CONFIG, "asch", QUICK,
+        "the tests' small model (80 people, 400 steps), 6 people x 2 relations: proves the script runs")
     taught = {p.name: p.taught for p in world.people}
     df["knows the person"] = df["subject"].map(taught).map({True: "taught", False: "never taught"})
 

@@ -4,6 +4,7 @@ docs/benchmarks.md (replacing that section only, so scripts can run in any order
 Run every script from the repository root as a module: `python -m bench.recall`."""
 from __future__ import annotations
 
+import argparse
 import platform
 import re
 import sys
@@ -55,6 +56,30 @@ def timed_together(fns: dict, repeat: int = 4) -> dict:
             fn()
             best[k] = min(best[k], time.perf_counter() - t)
     return best
+
+
+MODEL_QUICK = "The tests' small model (80 people, 400 steps; --quick)"
+
+
+def run_config_experiment(description: str, config: Path, name: str, quick: list[str], quick_help: str):
+    """The frame of a benchmark that is a run config's experiment (asch, debate): its command
+    line (`--quick` adds `quick` overrides, `--out`, `--set`), the run (resumed if `--out`
+    holds a finished one) and how long it took. Returns (args, cfg, points, world, records, took)."""
+    from evolution.run import run_experiment
+    from evolution.run_config import load
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--quick", action="store_true", help=quick_help)
+    ap.add_argument("--out", default=None, help=f"run dir (default runs/{name}[-quick]); a finished run is read back")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    args = ap.parse_args()
+    sets = (quick if args.quick else []) + args.set
+    out = Path(args.out or ROOT / "runs" / (name + ("-quick" if args.quick else "")))
+    _, cfg, points, world = load(config, sets)
+    resumed = (out / "records.parquet").exists()
+    t0 = time.perf_counter()
+    df = run_experiment(config, out, sets, progress=True)
+    took = f"{time.perf_counter() - t0:.0f} s" + (f" (a finished run in {out.name} read back)" if resumed else "")
+    return args, cfg, points, world, df, took
 
 
 def md_table(df, floatfmt: str = ".3f") -> str:

@@ -18,10 +18,8 @@ related fact). Per graph:
 """
 from __future__ import annotations
 
-import argparse
 import random
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 
@@ -30,11 +28,9 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.group_metrics import accuracy_by_round, wilson_interval  # noqa: E402
-from bench.common import ROOT, md_table, write_section  # noqa: E402
-from evolution.run import knowledge_shares, run_experiment, sample_queries  # noqa: E402
-from evolution.run_config import load  # noqa: E402
+from bench.common import MODEL_QUICK, ROOT, md_table, run_config_experiment, write_section  # noqa: E402
+from evolution.run import knowledge_shares, sample_queries  # noqa: E402
 
-MODEL_QUICK = "The tests' small model (80 people, 400 steps; --quick)"
 CONFIG = ROOT / "configs" / "debate.yaml"
 QUICK = ["pretrain.people=80", "pretrain.seed=0", "pretrain.steps=400", "agents=3", "queries.people=6",
          "queries.relations=[company]"]
@@ -74,20 +70,9 @@ def sampled_vote_accuracy(recs: pd.DataFrame, calls: pd.Series, seed: int) -> fl
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true",
-                    help="the tests' small model (80 people, 400 steps), 3 agents, 6 people: proves the script runs")
-    ap.add_argument("--out", default=None, help="run dir (default runs/debate[-quick]); a finished run is read back")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
-    args = ap.parse_args()
-    sets = (QUICK if args.quick else []) + args.set
-    out = Path(args.out or ROOT / "runs" / ("debate" + ("-quick" if args.quick else "")))
-    _, cfg, points, world = load(CONFIG, sets)
-    resumed = (out / "records.parquet").exists()
-    t0 = time.perf_counter()
-    df = run_experiment(CONFIG, out, sets, progress=True)
-    seconds = time.perf_counter() - t0
-    took = f"{seconds:.0f} s" + (f" (a finished run in {out.name} read back)" if resumed else "")
+    args, cfg, points, world, df, took = run_config_experiment(
+        __doc__.splitlines()[0], CONFIG, "debate", QUICK,
+        "the tests' small model (80 people, 400 steps), 3 agents, 6 people: proves the script runs")
 
     rows = []
     for label, point in points:

@@ -40,7 +40,7 @@ from bench.common import DOC, md_table, write_section
 from envs.facts import Fact
 from envs.world import World
 from evolution.overrides import flat_sets
-from evolution.requests import counterfactual_requests
+from evolution.editors.requests import counterfactual_requests
 
 METHODS = ("rome", "memit", "ft_l", "wise", "finetune")
 STORE = DOC.parent / "bench_data" / "editing.json"
@@ -267,7 +267,7 @@ def report() -> None:
                                                       "the target before", "now the target", "measured"]]) +
                      "\n\nkept = the neighbour's answer on the edited relation is what the unedited model said; "
                      "now the target = it is the edit's target. `rome` edits the token tracing picks "
-                     "(`evolution.locate.key_tokens`); `subject_token=-3` is the first name, -1 the last.")
+                     "(`evolution.editors.target.key_tokens`); `subject_token=-3` is the first name, -1 the last.")
     batch = rows[rows.experiment == "batch"]
     if not batch.empty:
         parts.append("### MEMIT, all edits in one batch\n\n" +

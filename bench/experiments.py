@@ -25,7 +25,7 @@ import pandas as pd
 
 from analysis.generation_metrics import annotate, by_round, load_run
 from analysis.group_metrics import conformity
-from analysis.report import _configs, _graph_name
+from evolution.report import _configs, _graph_name
 from bench.common import ROOT, write_section
 from evolution.generations import updates_table
 from evolution.run import run_experiment

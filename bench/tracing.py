@@ -35,11 +35,11 @@ from agents.agent import Agent
 from agents.pretrain import PretrainConfig, pretrained_dir
 from bench.common import DOC, md_table, write_section
 from envs.world import World
-from evolution.ft_l import FTLHyperParams
-from evolution.locate import (KINDS, causal_trace, critical_layers, key_tokens, mlp_effects, probe_accuracy,
-                              subject_token_effects, trace_table)
-from evolution.memit.hparams import MEMITHyperParams
-from evolution.wise.editor import WISEHyperParams
+from evolution.editors.ft_l import FTLHyperParams
+from evolution.editors.memit.hparams import MEMITHyperParams
+from evolution.editors.target import critical_layers, key_tokens, mlp_effects, subject_token_effects
+from evolution.editors.wise.editor import WISEHyperParams
+from evolution.locate import KINDS, causal_trace, probe_accuracy, trace_table
 
 CMAPS = {"hidden": "Purples", "mlp": "Greens", "attn": "Reds"}
 TITLES = {"hidden": "block output (hidden)", "mlp": "MLP output", "attn": "attention output"}
@@ -107,7 +107,7 @@ def layer_choice(agent: Agent, world: World) -> tuple[pd.DataFrame, str]:
     share = MEMITHyperParams().layer_share
     memit = critical_layers(effects, share)
     df = pd.DataFrame({"MLP effect (whole subject restored)": effects}).rename_axis("layer")
-    text = (f"Editors' layer: `evolution.locate.mlp_effects` (16 known facts, every subject token's MLP output "
+    text = (f"Editors' layer: `evolution.editors.target.mlp_effects` (16 known facts, every subject token's MLP output "
             f"restored at once) gives {', '.join(f'layer {l}: {e:.3f}' for l, e in enumerate(effects))}; "
             f"`critical_layers` picks **layer {rome}** for ROME (the argmax) and layers {memit} for MEMIT "
             f"(neighbours with >= {share} of the largest effect). FT-L and WISE take `layer` as an hparam "

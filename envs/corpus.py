@@ -40,7 +40,7 @@ class CorpusConfig:
         checks["qa_share"] = checks["qa_share"] and self.qa_share + self.social_share < 1.0
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"corpus: bad value for {bad[0]} ({getattr(self, bad[0])!r}); shares and "
+            raise ValueError(f"corpus.{bad[0]}: bad value {getattr(self, bad[0])!r}; shares and "
                              "probabilities lie in [0, 1], qa_share + social_share < 1, bio_templates is "
                              "'all' or 'one', max_peers >= 0")
 

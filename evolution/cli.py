@@ -51,7 +51,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from analysis.report import build_report, summary_of
+    from evolution.report import build_report, summary_of
     path = build_report(args.run_dir)
     print("\n".join(summary_of(args.run_dir)) + f"\nreport: {path}")
     return 0

@@ -6,7 +6,7 @@
 Requests are JSON lines {"subject", "relation", "target"[, "prompt"]}. DIR2 receives the
 edited model (transformers/vLLM loadable safetensors + tokenizer; the source's world.json
 is copied, since the world's truth did not change; a WISE edit adds its side memory,
-wise.safetensors, which `evolution.wise.persist.load_side_memory` puts back) and metrics.json: the edit report and
+wise.safetensors, which `evolution.editors.wise.persist.load_side_memory` puts back) and metrics.json: the edit report and
 EasyEdit-named metrics (analysis.edit_metrics) when the subjects belong to the world,
 else each request's target log-probability before and after. Every input is checked
 before any work; nothing is written when the edit fails.
@@ -42,15 +42,15 @@ def json_safe(x):
 
 def _write_outputs(agent, args, result, src: Path, out: Path, adapter_tmp: Path | None) -> None:
     if adapter_tmp is not None:   # first: an adapter that cannot be written (a WISE edit has no delta) stops here
-        from evolution.adapters import export_adapter
+        from agents.adapters import export_adapter
         result["adapter"] = export_adapter(agent, adapter_tmp, rank=args.rank).to_dict()
         result["adapter"]["path"] = str(args.adapter)
     agent.save(out)
-    from evolution.wise.memory import side_memory_of
+    from evolution.editors.wise.memory import side_memory_of
     if side_memory_of(agent.model) is not None:   # WISE edits live in the side memory, not the weights
-        from evolution.wise.persist import save_side_memory
+        from evolution.editors.wise.persist import save_side_memory
         save_side_memory(agent, out)
-        result["side_memory"] = "wise.safetensors (load with evolution.wise.persist.load_side_memory)"
+        result["side_memory"] = "wise.safetensors (load with evolution.editors.wise.persist.load_side_memory)"
     for extra in ("world.json", "knowevo.json"):
         if (src / extra).is_file():
             shutil.copyfile(src / extra, out / extra)
@@ -61,7 +61,7 @@ def cmd_edit(args) -> int:
     from agents.agent import Agent
     from agents.methods import editor
     from envs.world import World
-    from evolution.requests import read_requests, validate_requests
+    from evolution.editors.requests import read_requests, validate_requests
     editor(args.method)                       # unknown method: error before any work
     hp = flat_sets(args.set)
     requests = read_requests(args.requests)

@@ -23,13 +23,10 @@ round (evolution/parts.py). A killed run resumes at the phase it stopped in.
 """
 from __future__ import annotations
 
-import copy
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
 import pandas as pd
 
 from agents.delta import is_snapshot
@@ -37,129 +34,15 @@ from agents.methods import method_kind, takes
 from agents.placement import Handle, Placement
 from envs.facts import Fact
 from envs.world import World
-from evolution.finetune import fact_texts
+from evolution.learners.finetune import fact_texts
 from evolution.outputs import agent_dir, write_whole
 from evolution.parts import finished_records, merge_parts, write_part
-from evolution.requests import EditRequest
-from evolution.run import assign_personas, finished_protocol
-from evolution.run_config import RunConfig, UpdateConfig, people_pool
+from evolution.editors.requests import EditRequest
+from evolution.plan import facts_table, make_plan, world_at
+from evolution.run_config import RunConfig, UpdateConfig, assign_personas
 from protocols.base import keyed_rng
-from protocols.session import play
+from protocols.session import finished, play
 from protocols.topology import build_graph
-
-REPLAY_FACTS = 200      # facts in each run's replay pool (people nobody asks about)
-
-
-# -- what happens, drawn before any work ----------------------------------------------------------
-@dataclass
-class Plan:
-    world: World                                   # epochs 0..G
-    changed: dict[int, list[Fact]]                 # generation -> facts whose value changed (new value)
-    news: dict[int, list[str]]                     # generation -> agents who hear of it
-    misinformed: dict[str, list[Fact]]             # agent -> false facts it is edited to
-    probe: list[tuple[str, str]]                   # untouched (subject, relation), asked every generation
-    replay: list[Fact] = field(default_factory=list)   # facts of other untouched people (learners' replay)
-
-    def asked(self, g: int) -> list[tuple[str, str]]:
-        """(subject, relation) asked in generation g: facts changed so far, false facts, probe."""
-        stream = list(dict.fromkeys((f.subject, f.relation) for h in range(1, g + 1) for f in self.changed[h]))
-        false = list(dict.fromkeys((f.subject, f.relation) for fs in self.misinformed.values() for f in fs))
-        return stream + [k for k in false if k not in stream] + self.probe
-
-    def previous(self, subject: str, relation: str, g: int) -> str | None:
-        """The value before the fact's latest change up to generation g (None: never changed)."""
-        ep = self.world.epochs
-        last = max((h for h in range(1, g + 1) if ep[h][subject][relation] != ep[h - 1][subject][relation]),
-                   default=None)
-        return None if last is None else ep[last - 1][subject][relation]
-
-
-def evolve_world(cfg: RunConfig, world: World) -> World:
-    """A copy of `world` with one new epoch per generation: each of `world_change.relations`
-    changes for `share` of people (derived relations follow), drawn from the seed."""
-    w = World.from_dict(copy.deepcopy(world.to_dict()))
-    w.epochs = w.epochs[:1]
-    for g in range(1, cfg.generations + 1):
-        for rel in cfg.world_change.relations:
-            w.evolve(cfg.world_change.share, rel, seed=keyed_rng(cfg.seed, "world", g, rel).randrange(2**31))
-        w.epochs[g:] = [w.epochs[-1]]        # the relations' changes make one epoch
-    return w
-
-
-def changed_facts(world: World, g: int) -> list[Fact]:
-    before, after = world.epochs[g - 1], world.epochs[g]
-    return [Fact(s, r, o) for s in sorted(after) for r, o in after[s].items() if before[s][r] != o]
-
-
-def make_plan(cfg: RunConfig, world0: World) -> Plan:
-    world = evolve_world(cfg, world0)
-    G, names = cfg.generations, cfg.agent_names
-    changed = {g: changed_facts(world, g) for g in range(1, G + 1)}
-    movers = {f.subject for fs in changed.values() for f in fs}
-    stable = [p for p in people_pool(world, cfg.queries.who) if p not in movers]
-    rels = sorted(world.relations) if cfg.queries.relations == "all" else list(cfg.queries.relations)
-    if len(stable) < cfg.queries.people:
-        raise ValueError(f"queries.people: {cfg.queries.people}; only {len(stable)} people of who="
-                         f"{cfg.queries.who!r} keep their facts through the run; ask fewer")
-    probe_people = keyed_rng(cfg.seed, "probe").sample(stable, cfg.queries.people)
-    others = [p.name for p in world.people if p.taught and p.name not in movers and p.name not in probe_people]
-    keyed_rng(cfg.seed, "others").shuffle(others)
-    m = cfg.misinformation
-    fixed = [r for r in sorted(world.relations) if r not in cfg.world_change.relations and r not in world.derived]
-    misinformed: dict[str, list[Fact]] = {}
-    if m.agents:
-        if len(others) < m.agents * m.facts + 10:
-            raise ValueError("misinformation: too few untouched people in the world for its false facts; "
-                             "lower misinformation.agents/facts or queries.people")
-        rng = keyed_rng(cfg.seed, "misinformation")
-        for a in rng.sample(names, m.agents):
-            facts = []
-            for _ in range(m.facts):
-                s, r = others.pop(), rng.choice(fixed)
-                truth = world.truth(s, r, 0)
-                facts.append(Fact(s, r, rng.choice([c for c in world.relations[r].candidates if c != truth])))
-            misinformed[a] = facts
-    pool = [Fact(s, r, world.truth(s, r, 0)) for s in others for r in sorted(world.relations)]
-    replay = keyed_rng(cfg.seed, "replay").sample(pool, min(REPLAY_FACTS, len(pool)))
-    news = {g: news_agents(cfg, g) for g in range(1, G + 1)}
-    return Plan(world, changed, news, misinformed, [(s, r) for s in probe_people for r in rels], replay)
-
-
-def news_agents(cfg: RunConfig, g: int) -> list[str]:
-    n = cfg.news
-    if n.source is not None:
-        graph = build_graph(cfg.graph, cfg.agent_names, cfg.seed)
-        near = nx.single_source_shortest_path_length(graph, n.source, cutoff=n.hops)
-        return [a for a in cfg.agent_names if a in near]
-    return sorted(keyed_rng(cfg.seed, "news", g).sample(cfg.agent_names, n.agents), key=cfg.agent_names.index)
-
-
-def facts_table(plan: Plan, label: str, G: int) -> pd.DataFrame:
-    """One row per (generation, fact asked): what the metrics compare answers with."""
-    told = {(f.subject, f.relation): (a, f.object) for a, fs in plan.misinformed.items() for f in fs}
-    stream = {}
-    for g, fs in plan.changed.items():      # a fact's latest change up to each generation
-        for f in fs:
-            stream.setdefault((f.subject, f.relation), []).append(g)
-    rows = []
-    for g in range(0, G + 1):
-        for s, r in plan.asked(g):
-            kind = ("changed" if (s, r) in stream else "misinformation" if (s, r) in told else "untouched")
-            who, false = told.get((s, r), ("", ""))
-            changed_in = max((h for h in stream.get((s, r), []) if h <= g), default=0)
-            rows.append(dict(trial=label, generation=g, subject=s, relation=r, kind=kind,
-                             truth=plan.world.truth(s, r, g), previous=plan.previous(s, r, g) or "",
-                             false_object=false, misinformed_agent=who, changed_in=changed_in,
-                             news_agents=";".join(plan.news[changed_in]) if changed_in else ""))
-    return pd.DataFrame(rows)
-
-
-def world_at(world: World, g: int) -> World:
-    """The world as protocols see it in generation g (its truth is epoch g's)."""
-    w = copy.copy(world)
-    w.epochs = world.epochs[:g + 1]
-    return w
-
 
 # -- how an agent changes ----------------------------------------------------------------------------
 def update(handle: Handle, u: UpdateConfig, facts: list[Fact], world: World, replay: list[Fact], seed: int):
@@ -296,7 +179,7 @@ def run_point(i: int, label: str, cfg: RunConfig, placement: Placement, world0: 
         protocol = cfg.protocol_obj()
         last = 0 if g == 0 else None
         queries = [plan.world.query(s, r, cfg.queries.form, epoch=g) for s, r in plan.asked(g)]
-        if done and (last == 0 or finished_protocol(protocol, cfg, world_at(plan.world, g), queries, done)):
+        if done and finished(protocol, world_at(plan.world, g), queries, graph, cfg.seed, names, done, stop_after=last):
             bar.step(f"g{g} talk (done before)")
             return done
         ensure_live()
@@ -366,7 +249,7 @@ def _round_line(records, facts: pd.DataFrame) -> str:
 def run_generations(cfg: RunConfig, points, placement: Placement, world: World, out: Path,
                     progress: bool) -> pd.DataFrame:
     """Every sweep point's generations; records merged (and metrics written) after each."""
-    from analysis.report import build_report, summary_of, write_metrics
+    from evolution.report import build_report, summary_of, write_metrics
     for i, (label, pcfg) in enumerate(points):
         run_point(i, label, pcfg, placement, world, out, progress,
                   on_generation=lambda g: (merge_parts(out), write_metrics(out)))

@@ -19,15 +19,17 @@ import pandas as pd
 import yaml
 
 from agents.delta import is_snapshot
-from agents.placement import Handle, Placement, PlacementError, make_placement
+from agents.placement import Handle, Placement, PlacementError
+from agents.placement_kinds import make_placement
 from agents.pretrain import PretrainConfig, pretrained_dir
 from envs.corpus import bio_text, sample_texts
 from envs.world import World
 from evolution.outputs import agent_dir, check_writable
 from evolution.parts import finished_records, merge_parts, write_part
-from evolution.run_config import ConfigError, RunConfig, load, parse, people_pool, pretrain_config
-from protocols.base import Board, keyed_rng
-from protocols.session import play, posted_claim
+from evolution.plan import people_pool
+from evolution.run_config import ConfigError, RunConfig, assign_personas, load, parse, pretrain_config
+from protocols.base import keyed_rng
+from protocols.session import finished, play
 from protocols.topology import build_graph
 
 
@@ -37,22 +39,6 @@ def sample_queries(cfg: RunConfig, world: World):
     people = keyed_rng(cfg.seed, "queries").sample(pool, cfg.queries.people)
     rels = sorted(world.relations) if cfg.queries.relations == "all" else list(cfg.queries.relations)
     return [world.query(s, r, cfg.queries.form) for s in people for r in rels]
-
-
-def assign_personas(cfg: RunConfig) -> list[str]:
-    p = cfg.personas
-    if isinstance(p, str):
-        return [p] * cfg.agents
-    if isinstance(p, list):
-        return list(p)
-    total = sum(p.values())
-    exact = {k: cfg.agents * v / total for k, v in p.items()}
-    counts = {k: int(x) for k, x in exact.items()}
-    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[:cfg.agents - sum(counts.values())]:
-        counts[k] += 1          # largest remainders get the agents left over
-    out = [k for k, c in counts.items() for _ in range(c)]
-    keyed_rng(cfg.seed, "personas").shuffle(out)
-    return out
 
 
 def knowledge_shares(cfg: RunConfig, queries) -> list[list[str]]:
@@ -81,18 +67,18 @@ def agents_key(cfg: RunConfig) -> str:
                                       cfg.to_dict()["queries"]], sort_keys=True).encode()).hexdigest()[:12]
 
 
-def build_agents(cfg: RunConfig, placement: Placement, model_dir: Path, world: World, queries, out: Path) -> list[Handle]:
+def build_agents(cfg: RunConfig, placement: Placement, model_dir: Path, world: World, queries,
+                 saved_in: Path) -> list[Handle]:
     """The point's agents on `placement`: spawned on the base, each fine-tuned on its own share
-    of the world; every learned agent is saved (its delta) as soon as it is made, and read
-    back instead of relearned when the run resumes."""
+    of the world; every learned agent is saved (its delta) under `saved_in` as soon as it is
+    made, and read back instead of relearned when the run resumes."""
     names, personas = cfg.agent_names, assign_personas(cfg)
     k = cfg.knowledge
     shares = knowledge_shares(cfg, queries) if k.split != "none" else [[] for _ in names]
     pre = _model_pretrain(cfg, model_dir) if k.split != "none" else None
-    key = agents_key(cfg)
     handles = []
     for name, persona, mine in zip(names, personas, shares):
-        saved = agent_dir(out / "agents" / key, name)
+        saved = agent_dir(saved_in, name)
         if mine and is_snapshot(saved):
             handles.append(placement.load(saved, name))
             continue
@@ -122,16 +108,6 @@ def placement_for(cfg: RunConfig, model_dir: Path) -> Placement:
 
 
 # -- the run --------------------------------------------------------------------------------------
-def finished_protocol(protocol, cfg: RunConfig, world: World, queries, done) -> bool:
-    if not done:
-        return False
-    protocol.bind(world, cfg.seed, cfg.agent_names, make_agent=lambda name: None)
-    board = Board()
-    for r in done:
-        board.post(r.round, posted_claim(r))
-    return protocol.done(max(r.round for r in done), board, queries)
-
-
 def run_experiment(config, out_dir, sets: list[str] | None = None, progress: bool = True) -> pd.DataFrame:
     """Run (or resume) the experiment of `config` (a YAML path, a mapping or a RunConfig)
     into `out_dir`; the belief records of every sweep point and round."""
@@ -172,16 +148,16 @@ def _run_points(cfg: RunConfig, points, placement: Placement, model_dir: Path, o
         protocol = pcfg.protocol_obj()
         done = finished_records(out, f"{i:03d}")
         tag = f"[{label}] " if label else ""
-        if finished_protocol(protocol, pcfg, world, queries, done):
+        graph = build_graph(pcfg.graph, pcfg.agent_names, pcfg.seed)
+        if done and finished(protocol, world, queries, graph, pcfg.seed, pcfg.agent_names, done):
             say(f"{tag}done before: {len(done)} records")
             continue
         key = agents_key(pcfg)
         if key not in built:            # a point with other agents: the last point's go
             for h in (h for hs in built.values() for h in hs):
                 placement.remove(h.name)
-            built = {key: build_agents(pcfg, placement, model_dir, world, queries, out)}
+            built = {key: build_agents(pcfg, placement, model_dir, world, queries, out / "agents" / key)}
         agents = built[key]
-        graph = build_graph(pcfg.graph, pcfg.agent_names, pcfg.seed)
 
         def make_agent(name):           # judges and moderators: fresh agents on the base weights
             return placement.handle(name) if name in placement.names() else placement.spawn(name)

@@ -19,7 +19,8 @@ import yaml
 from agents.pretrain import PretrainConfig, world_of
 from envs.world import World
 from evolution import overrides
-from protocols.base import Protocol, ProtocolError
+from evolution.plan import make_plan, people_pool
+from protocols.base import Protocol, ProtocolError, keyed_rng
 from protocols.personas import social_weight
 from protocols.registry import make_protocol
 from protocols.topology import GraphError, build_graph
@@ -227,9 +228,9 @@ def _names(kinds) -> str:
 
 def pretrain_config(cfg: RunConfig) -> PretrainConfig:
     try:
-        return PretrainConfig.from_dict(cfg.pretrain)
-    except (TypeError, ValueError) as e:
-        raise ConfigError(f"pretrain: {e}") from None
+        return PretrainConfig.from_dict(cfg.pretrain, where="pretrain.")
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def world_for(cfg: RunConfig) -> World:
@@ -351,7 +352,6 @@ def _check_generations(cfg: RunConfig, world: World) -> None:
         _check_update("consolidation", c)
     if not 0 <= c.min_confidence <= 1:
         raise ConfigError(f"consolidation.min_confidence: {c.min_confidence}; give a probability in [0, 1]")
-    from evolution.generations import make_plan     # the plan is cheap: draw it now, not after the model loads
     try:
         make_plan(cfg, world)
     except ValueError as e:
@@ -429,8 +429,22 @@ def _check_personas(cfg: RunConfig) -> None:
             raise ConfigError(f"personas: {e}") from None
 
 
-def people_pool(world: World, who: str) -> list[str]:
-    return [p.name for p in world.people if who == "any" or p.taught == (who == "taught")]
+def assign_personas(cfg: RunConfig) -> list[str]:
+    """Each agent's persona: one for all, one per agent, or shares dealt by largest remainder
+    and shuffled by the seed."""
+    p = cfg.personas
+    if isinstance(p, str):
+        return [p] * cfg.agents
+    if isinstance(p, list):
+        return list(p)
+    total = sum(p.values())
+    exact = {k: cfg.agents * v / total for k, v in p.items()}
+    counts = {k: int(x) for k, x in exact.items()}
+    for k in sorted(exact, key=lambda k: counts[k] - exact[k])[:cfg.agents - sum(counts.values())]:
+        counts[k] += 1          # largest remainders get the agents left over
+    out = [k for k, c in counts.items() for _ in range(c)]
+    keyed_rng(cfg.seed, "personas").shuffle(out)
+    return out
 
 
 def expand(cfg: RunConfig, raw: dict) -> list[tuple[str, RunConfig]]:

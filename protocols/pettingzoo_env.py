@@ -165,7 +165,29 @@ class _ProtocolGame:
         return "\n".join(lines)
 
 
-class ProtocolParallelEnv(ParallelEnv):
+class _GameEnv:
+    """What both envs forward to their game."""
+    game: _ProtocolGame
+
+    @property
+    def records(self) -> list[Record]:
+        """The episode's belief records, as `play` writes them."""
+        return self.game.records
+
+    def observation_space(self, agent):
+        return self.game.observation_spaces[agent]
+
+    def action_space(self, agent):
+        return self.game.action_spaces[agent]
+
+    def render(self):
+        return self.game.render()
+
+    def close(self):
+        pass
+
+
+class ProtocolParallelEnv(_GameEnv, ParallelEnv):
     """Simultaneous rounds: one `step` is one round of every agent answering. Only for
     synchronous protocols (everyone sees the board as it was before the round); a protocol
     built `synchronous=False` runs in `ProtocolAECEnv`."""
@@ -180,17 +202,6 @@ class ProtocolParallelEnv(ParallelEnv):
         self.possible_agents = list(self.game.ids)
         self.agents: list[str] = []
         self.render_mode = render_mode
-
-    @property
-    def records(self) -> list[Record]:
-        """The episode's belief records, as `play` writes them."""
-        return self.game.records
-
-    def observation_space(self, agent):
-        return self.game.observation_spaces[agent]
-
-    def action_space(self, agent):
-        return self.game.action_spaces[agent]
 
     def reset(self, seed=None, options=None):
         self.game.start(seed, options)
@@ -212,14 +223,8 @@ class ProtocolParallelEnv(ParallelEnv):
             self.agents = []
         return obs, rewards, terms, truncs, infos
 
-    def render(self):
-        return self.game.render()
 
-    def close(self):
-        pass
-
-
-class ProtocolAECEnv(AECEnv):
+class ProtocolAECEnv(_GameEnv, AECEnv):
     """Turns: agents answer one at a time, in order; a round ends when all have answered."""
     metadata = {"name": "knowevo_protocol_aec_v0", "render_modes": ["ansi"]}
 
@@ -230,17 +235,6 @@ class ProtocolAECEnv(AECEnv):
         self.possible_agents = list(self.game.ids)
         self.agents = []
         self.render_mode = render_mode
-
-    @property
-    def records(self) -> list[Record]:
-        """The episode's belief records, as `play` writes them."""
-        return self.game.records
-
-    def observation_space(self, agent):
-        return self.game.observation_spaces[agent]
-
-    def action_space(self, agent):
-        return self.game.action_spaces[agent]
 
     def observe(self, agent):
         return self.game.observe(agent)
@@ -269,12 +263,6 @@ class ProtocolAECEnv(AECEnv):
         self.agent_selection = self._selector.next()
         self.infos = {a: self.game.info(a) for a in self.agents}
         self._accumulate_rewards()
-
-    def render(self):
-        return self.game.render()
-
-    def close(self):
-        pass
 
 
 # -- policies (outside step) -----------------------------------------------------------------

@@ -1,16 +1,17 @@
-"""Protocols by name: built-ins, classes registered in code, the entry-point group
-`knowevo.protocols`, a dotted path `package.module:Class`, or a strategy string mixing
-patterns by round ("debate,reflection,debate", as in MachineSoM)."""
+"""Protocols by name: classes registered in code, the entry-point group `knowevo.protocols`
+(where knowevo's pyproject.toml declares its built-ins, as a user's package declares its
+own), a dotted path `package.module:Class`, or a strategy string mixing patterns by round
+("debate,reflection,debate", as in MachineSoM): parsed here into the patterns' instances,
+which a `Strategy` holds."""
 from __future__ import annotations
 
 from importlib.metadata import entry_points
 
 from agents.plugins import import_dotted
 from protocols.base import Protocol, ProtocolError
+from protocols.strategy import Strategy
 
 ENTRY_POINT_GROUP = "knowevo.protocols"
-BUILTINS = {"discussion": "protocols.discussion:Discussion", "debate": "protocols.debate:Debate",
-            "reflection": "protocols.reflection:Reflection", "asch": "protocols.asch:Asch"}
 _REGISTERED: dict[str, type[Protocol]] = {}
 
 
@@ -27,7 +28,7 @@ def _entry_points() -> dict:
 
 
 def known_protocols() -> list[str]:
-    return sorted(set(BUILTINS) | set(_REGISTERED) | set(_entry_points()))
+    return sorted(set(_REGISTERED) | set(_entry_points()))
 
 
 def _load(path: str, what: str) -> type[Protocol]:
@@ -49,8 +50,6 @@ def get_protocol(name: str) -> type[Protocol]:
         return _load(name, "class")
     if name in _REGISTERED:
         return _REGISTERED[name]
-    if name in BUILTINS:
-        return _load(BUILTINS[name], "built-in")
     eps = _entry_points()
     if name in eps:
         obj = eps[name].load()
@@ -63,9 +62,29 @@ def get_protocol(name: str) -> type[Protocol]:
 
 def make_protocol(spec: str, params: dict | None = None) -> Protocol:
     """A protocol instance from a name, dotted path or strategy string, with its parameters
-    (checked by name and type before any work)."""
+    (checked by name and type before any work). A strategy's parameters are its own (`rounds`,
+    `synchronous`, `until_consensus`) and, under a pattern's name, that pattern's:
+    {debate: {judge: true}}."""
     params = dict(params or {})
     if isinstance(spec, str) and "," in spec:
-        from protocols.strategy import Strategy
-        return Strategy(patterns=spec, **params)
+        return _strategy(spec, params)
     return get_protocol(spec)(**params)
+
+
+def _strategy(spec: str, params: dict) -> Strategy:
+    names = [p.strip() for p in spec.split(",")]
+    if not all(names):
+        raise ProtocolError(f"protocol: strategy {spec!r} has an empty pattern; write names "
+                            "separated by commas, e.g. 'debate,reflection,debate'")
+    classes = {}
+    for n in names:
+        try:
+            classes[n] = get_protocol(n)
+        except ProtocolError:
+            raise ProtocolError(f"protocol: strategy {spec!r} has an unknown pattern {n!r}; "
+                                f"known: {known_protocols()} (or 'package.module:Class')") from None
+    per = {k: params.pop(k) for k in list(params) if k in classes}
+    for k, v in per.items():
+        if not isinstance(v, dict):
+            raise ProtocolError(f"params.{k}: give the {k!r} pattern's parameters as a mapping")
+    return Strategy([classes[n](**per.get(n, {})) for n in names], **params)

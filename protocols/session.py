@@ -72,6 +72,10 @@ class Stage:
             self.board.post(r.round, posted_claim(r))
         return max((r.round for r in records), default=-1)
 
+    def over(self, last: int, stop_after: int | None = None) -> bool:
+        """Whether the talk ended with round `last` (-1: it has not begun)."""
+        return last >= 0 and (self.protocol.done(last, self.board, self.queries) or last == stop_after)
+
     def view(self, rnd: int) -> Board:
         """What may be seen in round `rnd`: synchronous, the board before the round (Du et
         al.); otherwise the board itself, with this round's earlier answers."""
@@ -162,6 +166,14 @@ def supports(stage: Stage, plans: list[Plan], beliefs: list[list[Belief]], rnd: 
     return out
 
 
+def finished(protocol: Protocol, world: World, queries: list[Query], graph: nx.Graph, seed: int,
+             names: list[str], done: list[Record], stop_after: int | None = None) -> bool:
+    """Whether the records `done` already finish this talk, as `play` would find on resuming,
+    asked without agents (a run skips making the agents of a finished point)."""
+    stage = Stage(protocol, world, queries, graph, seed, names, make_agent=lambda name: None)
+    return stage.over(stage.resume(done), stop_after)
+
+
 def play(protocol: Protocol, agents: list, world: World, queries: list[Query], graph: nx.Graph, seed: int,
          *, run: str = "", generation: int = 0, form: str = "question", trial: str = "",
          done: list[Record] | None = None, on_round: Callable[[int, list[Record]], None] | None = None,
@@ -186,7 +198,7 @@ def play(protocol: Protocol, agents: list, world: World, queries: list[Query], g
     priors = {} if priors is None else priors
     records = list(done or [])
     last = stage.resume(records)
-    if last >= 0 and (protocol.done(last, stage.board, queries) or last == stop_after):
+    if stage.over(last, stop_after):
         return records
     for rnd in range(last + 1, max_rounds + 1):
         new: list[Record] = []

@@ -4,40 +4,30 @@ debate, round 2 as a reflection, round 3 as a debate (round 0 is everyone alone)
 
 A claim's support is asked for by the pattern of the round that shows it (the next one).
 Records carry the strategy string as `protocol` and the round's pattern as `pattern`.
-Parameters: the strategy's own (`rounds`, `synchronous`, `until_consensus`) plus, under a
-pattern's name, that pattern's parameters: {debate: {judge: true}}.
+A strategy holds its patterns' instances; strategy strings are parsed where protocols are made
+(`protocols.registry.make_protocol`), so this module does not know the registry.
 """
 from __future__ import annotations
 
 from protocols.base import Board, Claim, Protocol, ProtocolError, Turn
-from protocols.registry import get_protocol, known_protocols
 
 
 class Strategy(Protocol):
+    """Patterns (protocol instances), one per round; `make_protocol("debate,reflection,debate")`
+    builds one from a strategy string."""
     name = "strategy"
 
-    def __init__(self, patterns: str, **params):
-        names = [p.strip() for p in patterns.split(",")]
-        if not all(names):
-            raise ProtocolError(f"protocol: strategy {patterns!r} has an empty pattern; write names "
-                                "separated by commas, e.g. 'debate,reflection,debate'")
-        classes = {}
-        for n in names:
-            try:
-                classes[n] = get_protocol(n)
-            except ProtocolError:
-                raise ProtocolError(f"protocol: strategy {patterns!r} has an unknown pattern {n!r}; "
-                                    f"known: {known_protocols()} (or 'package.module:Class')") from None
-        per = {k: params.pop(k) for k in list(params) if k in classes}
-        for k, v in per.items():
-            if not isinstance(v, dict):
-                raise ProtocolError(f"params.{k}: give the {k!r} pattern's parameters as a mapping")
-        if "rounds" in params and params["rounds"] != len(names):
-            raise ProtocolError(f"rounds: {params['rounds']} but strategy {patterns!r} names {len(names)} "
-                                "rounds; drop `rounds` or make them match")
-        params["rounds"] = len(names)
-        self.name = ",".join(names)
-        self.parts = [classes[n](**per.get(n, {})) for n in names]
+    def __init__(self, patterns, **params):
+        parts = list(patterns)
+        if not parts or not all(isinstance(p, Protocol) for p in parts):
+            raise ProtocolError(f"patterns: {patterns!r}; give protocol instances, one per round (or a strategy "
+                                "string such as 'debate,reflection,debate' to protocols.registry.make_protocol)")
+        self.name = ",".join(p.name for p in parts)
+        if "rounds" in params and params["rounds"] != len(parts):
+            raise ProtocolError(f"rounds: {params['rounds']} but strategy {self.name!r} names {len(parts)} rounds; "
+                                "drop `rounds` or make them match")
+        params["rounds"] = len(parts)
+        self.parts = parts
         super().__init__(**params)
 
     def bind(self, world, seed, agents, make_agent=None) -> None:

@@ -28,6 +28,18 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="gpu: run with --rungpu on a CUDA machine"))
 
 
+def turning_nan(real, after: int = 2):
+    """(`real` wrapped so that its result turns NaN after `after` real calls, the calls made):
+    the steps before move the weights, so a method that fails must put them back."""
+    calls: list[int] = []
+
+    def fn(*a, **kw):
+        calls.append(1)
+        out = real(*a, **kw)
+        return out * float("nan") if len(calls) > after else out
+    return fn, calls
+
+
 def small_config(**kw) -> PretrainConfig:
     return PretrainConfig.from_dict({**SMALL, **kw})
 

@@ -1,7 +1,7 @@
 """Shared by the editing and learning tests: requests the small model can be edited on."""
 from __future__ import annotations
 
-from evolution.requests import EditRequest, counterfactual_requests
+from evolution.editors.requests import EditRequest, counterfactual_requests
 
 
 def known_requests(agent, world, n: int, seed: int = 1, relations=None) -> list[EditRequest]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from agents.placement import Ask
-from evolution.requests import counterfactual_requests
+from evolution.editors.requests import counterfactual_requests
 
 KINDS = ("none", "rome", "lora", "finetune", "rome2", "none", "finetune", "lora")
 

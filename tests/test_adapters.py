@@ -16,7 +16,7 @@ from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from evolution.adapters import AdapterError, export_adapter
+from agents.adapters import AdapterError, export_adapter
 from tests.edit_helpers import known_requests
 
 ATOL = 1e-4

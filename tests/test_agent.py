@@ -116,7 +116,9 @@ def test_users_editors_by_dotted_path_and_entry_point(small_agent, monkeypatch):
     assert small_agent.edit([1, 2], method="tests.test_agent:count_requests", k=1) == \
         {"agent": small_agent.name, "requests": 2, "k": 1}
     ep = EntryPoint(name="counter", value="tests.test_agent:count_requests", group="knowevo.editors")
-    monkeypatch.setattr(methods, "_entry_points", lambda kind: {"counter": ep} if kind == "edit" else {})
+    installed = {k: methods._entry_points(k) for k in methods.ENTRY_POINT_GROUPS}   # the built-ins
+    monkeypatch.setattr(methods, "_entry_points",
+                        lambda kind: {**installed[kind], "counter": ep} if kind == "edit" else installed[kind])
     assert small_agent.edit([1], method="counter") == {"agent": small_agent.name, "requests": 1}
     with pytest.raises(ValueError, match="unknown learning method 'counter'"):
         small_agent.learn([], method="counter")

@@ -119,7 +119,7 @@ def test_edit_command_refuses_bad_input_and_writes_nothing(tmp_path, small_dir, 
 def test_edit_command_keeps_a_wise_side_memory_and_refuses_its_adapter(tmp_path, small_dir, small_agent,
                                                                        small_world, capsys):
     from agents.agent import Agent
-    from evolution.wise.persist import load_side_memory
+    from evolution.editors.wise.persist import load_side_memory
     from tests.edit_helpers import answers, known_requests
     reqs = known_requests(small_agent, small_world, 1, seed=2, relations=["company"])
     _write_requests(tmp_path / "req.jsonl", reqs)

@@ -83,7 +83,7 @@ def test_forgetting_on_hand_made_frames():
 
 def test_bad_input_is_a_clear_error(small_agent, small_world, setup):
     reqs, _ = setup
-    from evolution.requests import EditRequest
+    from evolution.editors.requests import EditRequest
     with pytest.raises(MetricsError, match="not in the world"):
         evaluate_edits(small_agent, small_world, [EditRequest("Nobody Here", "company", "Quasar")])
     with pytest.raises(MetricsError, match="not a candidate"):

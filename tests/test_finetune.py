@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from agents.records import to_frame
-from evolution.finetune import LearnError, fact_texts
+from evolution.learners.finetune import LearnError, fact_texts
+from tests.conftest import turning_nan
 
 
 @pytest.fixture(scope="module")
@@ -105,15 +106,9 @@ def test_bad_data(small_agent, news):
 
 @pytest.mark.parametrize("method", ["finetune", "lora"])
 def test_non_finite_loss_restores_the_weights(small_agent, news, method, monkeypatch):
-    import evolution.finetune as ft
+    import evolution.learners.finetune as ft
     world, changed = news
-    real, calls = ft.padded_lm_loss, []
-
-    def loss_turning_nan(*a, **kw):   # two real steps move the weights, then the loss is NaN
-        calls.append(1)
-        loss = real(*a, **kw)
-        return loss * float("nan") if len(calls) > 2 else loss
-
+    loss_turning_nan, calls = turning_nan(ft.padded_lm_loss)
     monkeypatch.setattr(ft, "padded_lm_loss", loss_turning_nan)
     agent = small_agent.spawn("nan")
     before = {k: v.clone() for k, v in agent.model.state_dict().items()}

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from analysis.edit_metrics import edit_baseline, evaluate_edits
-from evolution.requests import EditError, EditRequest
+from evolution.editors.requests import EditError, EditRequest
+from tests.conftest import turning_nan
 from tests.edit_helpers import answers, known_requests
 
 DOWN0 = "model.layers.0.mlp.down_proj.weight"
@@ -68,14 +69,8 @@ def test_bad_requests_leave_weights_untouched(small_agent, small_world, reqs):
 
 
 def test_diverging_update_restores_the_weights(small_agent, small_world, reqs, monkeypatch):
-    import evolution.ft_l as ftl
-    real, calls = ftl.target_nll, []
-
-    def nll_turning_nan(*a, **kw):   # two real steps move the weights, then the loss is NaN
-        calls.append(1)
-        loss = real(*a, **kw)
-        return loss * float("nan") if len(calls) > 2 else loss
-
+    import evolution.editors.ft_l as ftl
+    nll_turning_nan, calls = turning_nan(ftl.target_nll)
     monkeypatch.setattr(ftl, "target_nll", nll_turning_nan)
     agent = small_agent.spawn("nan")
     before = {k: v.clone() for k, v in agent.model.state_dict().items()}

@@ -195,7 +195,7 @@ def test_the_loop_does_not_know_its_placement(tiny_run, tmp_path):
 
 
 def test_an_edit_to_what_the_agent_already_answers_reinforces_instead_of_stopping(small_dir, small_world):
-    from agents.placement import make_placement
+    from agents.placement_kinds import make_placement
     from envs.facts import Fact
     from evolution.run_config import UpdateConfig
     p = make_placement("population", small_dir)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
-from evolution.locate import (POSITIONS, causal_trace, chosen_key_tokens, critical_layers, key_tokens, known_cases,
-                              mlp_effects, position_category, probe_accuracy, subject_token_effects, trace_case,
-                              trace_table)
+from evolution.editors.target import (chosen_key_tokens, critical_layers, key_tokens, mlp_effects,
+                                      subject_token_effects)
+from evolution.locate import POSITIONS, causal_trace, known_cases, position_category, probe_accuracy, trace_case, trace_table
 
 
 def test_critical_layers_picks_the_argmax_and_its_window():
@@ -64,7 +64,7 @@ def test_key_token_is_the_most_traced_token_that_tells_the_subject_apart(small_a
 
 
 def test_editors_take_the_subject_token_from_tracing(small_agent, small_world):
-    from evolution.requests import counterfactual_requests
+    from evolution.editors.requests import counterfactual_requests
     effects = subject_token_effects(small_agent, small_world, (0,), n_facts=6)
     assert set(effects) <= {"first subject token", "middle subject tokens", "last subject token"}
     reqs = counterfactual_requests(small_world, 3, seed=0)

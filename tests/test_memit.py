@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evolution.memit.memit_main import layer_update
-from evolution.requests import EditError
+from evolution.editors.memit.memit_main import layer_update
+from evolution.editors.requests import EditError
 from tests.edit_helpers import answers, known_requests
 
 
@@ -62,7 +62,7 @@ def test_lambda_trades_the_edit_for_the_corpus(small_agent, small_world):
 
 
 def test_bad_input_and_nan_leave_the_weights(small_agent, small_world, monkeypatch):
-    import evolution.memit.memit_main as mm
+    import evolution.editors.memit.memit_main as mm
     agent = small_agent.spawn("bad")
     before = {k: v.clone() for k, v in agent.model.state_dict().items()}
     reqs = known_requests(agent, small_world, 2, seed=13)

@@ -9,7 +9,8 @@ import random
 import pytest
 
 from agents.delta import factor, load_snapshot
-from agents.placement import LocalPlacement, PlacementError, check_placement, make_placement
+from agents.placement import LocalPlacement, PlacementError, check_placement
+from agents.placement_kinds import make_placement
 from agents.population import PopulationPlacement
 from envs.world import claim
 from protocols.registry import make_protocol

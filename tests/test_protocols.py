@@ -12,8 +12,10 @@ import pytest
 from agents.records import Belief
 from protocols import registry
 from protocols.base import Claim, Protocol, ProtocolError, Turn
+from protocols.debate import Debate
 from protocols.check import ProtocolCheckError, ScriptedAgent, check_protocol, scripted_setting
 from protocols.personas import blend, social_weight
+from protocols.reflection import Reflection
 from protocols.registry import get_protocol, known_protocols, make_protocol, register_protocol
 from agents.records import to_frame
 from protocols.session import play
@@ -62,7 +64,7 @@ def test_every_builtin_passes_check_protocol(name, params):
 
 
 def test_strategy_passes_check_protocol_and_records_patterns():
-    report = check_protocol(Strategy, {"patterns": "debate,reflection,debate"})
+    report = check_protocol(Strategy, {"patterns": (Debate(), Reflection(), Debate())})
     assert report["rounds"] == 3
     world, agents, queries, graph = scripted_setting()
     df = to_frame(play(make_protocol("debate,reflection,debate"), agents, world, queries, graph, 0))
@@ -84,7 +86,8 @@ def test_user_protocol_by_dotted_path_registration_and_entry_point(monkeypatch):
     register_protocol(LoudestOnly)
     assert get_protocol("loudest") is LoudestOnly and "loudest" in known_protocols()
     ep = EntryPoint(name="mute-plugin", value="tests.test_protocols:Mute", group=registry.ENTRY_POINT_GROUP)
-    monkeypatch.setattr(registry, "_entry_points", lambda: {"mute-plugin": ep})
+    installed = registry._entry_points()       # the built-ins are entry points too
+    monkeypatch.setattr(registry, "_entry_points", lambda: {**installed, "mute-plugin": ep})
     assert get_protocol("mute-plugin") is Mute
     assert "mute-plugin" in known_protocols()
     # a strategy may mix built-ins with users' patterns
@@ -318,3 +321,12 @@ def test_graph_errors_name_the_problem():
     world, agents, queries, _ = scripted_setting()
     with pytest.raises(ProtocolError, match="not exactly the agents"):
         play(make_protocol("discussion"), agents, world, queries, build_graph("ring", NAMES, 0), 0)
+
+
+def test_builtins_are_found_as_entry_points_only(monkeypatch):
+    """One way to find a protocol: the built-ins are declared in pyproject.toml's entry points,
+    as a user's plugin is; without them there is no hidden table to fall back on."""
+    assert {"asch", "debate", "discussion", "reflection"} <= set(registry._entry_points())
+    monkeypatch.setattr(registry, "_entry_points", lambda: {})
+    with pytest.raises(ProtocolError, match="unknown protocol 'debate'"):
+        get_protocol("debate")

@@ -8,8 +8,8 @@ import torch
 
 from agents.agent import Agent
 from envs.world import World
-from evolution.requests import EditError, EditRequest, counterfactual_requests, validate_requests
-from evolution.rome.rome_main import rank_one_update
+from evolution.editors.requests import EditError, EditRequest, counterfactual_requests, validate_requests
+from evolution.editors.rome.rome_main import rank_one_update
 
 DOWN0 = "model.layers.0.mlp.down_proj.weight"
 
@@ -101,7 +101,7 @@ def test_bad_input_is_refused_before_any_work(fresh):
 
 
 def test_nan_in_a_later_update_restores_every_earlier_edit_of_the_call(fresh, monkeypatch):
-    import evolution.rome.rome_main as rm
+    import evolution.editors.rome.rome_main as rm
     base, world = fresh
     agent = base.spawn("nan")
     before = {k: v.clone() for k, v in agent.model.state_dict().items()}

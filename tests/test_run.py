@@ -12,7 +12,8 @@ import yaml
 
 import evolution.run as run_mod
 from evolution.cli import main as cli_main
-from evolution.run import assign_personas, knowledge_shares, main, run_experiment, sample_queries
+from evolution.run import knowledge_shares, main, run_experiment, sample_queries
+from evolution.run_config import assign_personas
 from evolution.run_config import ConfigError, load
 from protocols.registry import make_protocol
 from tests.conftest import SMALL

@@ -16,7 +16,7 @@ def scorer(small_dir):
     require_vllm()
     from agents.vllm_backend import VllmScorer
     # one engine for both tests; without a LoRARequest it scores the bare base weights.
-    # DESIGN.md: on CPU, prompt log-probs with LoRA need lora_target_modules=["down_proj"]
+    # docs/design.md: on CPU, prompt log-probs with LoRA need lora_target_modules=["down_proj"]
     return VllmScorer(small_dir, enable_lora=True, max_lora_rank=8, max_loras=4, max_cpu_loras=8,
                       lora_target_modules=["down_proj"])
 
@@ -37,7 +37,7 @@ def test_transformers_and_vllm_agree_on_argmax(scorer, small_agent, small_world)
 def test_exported_edits_serve_as_a_vllm_lora(tmp_path, scorer, small_agent, small_world):
     from vllm.lora.request import LoRARequest
 
-    from evolution.adapters import export_adapter
+    from agents.adapters import export_adapter
     agent = small_agent.spawn("edited")
     reqs = known_requests(small_agent, small_world, 2, seed=1)
     for r in reqs:

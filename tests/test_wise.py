@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from analysis.edit_metrics import edit_baseline, evaluate_edits, locality_probe
-from evolution.requests import EditError
-from evolution.wise import (SideMemoryLinear, load_side_memory, save_side_memory, side_memory_of, ties_merge,
+from evolution.editors.requests import EditError
+from evolution.editors.wise import (SideMemoryLinear, load_side_memory, save_side_memory, side_memory_of, ties_merge,
                             uninstall)
-from evolution.wise.editor import prompt_scores
+from evolution.editors.wise.editor import prompt_scores
 from tests.edit_helpers import answers, known_requests
 
 
@@ -88,7 +88,7 @@ def test_generate_reads_the_side_memory(edited):
 
 
 def test_failed_edit_rolls_back_the_side_memory(small_world, edited, monkeypatch):
-    import evolution.wise.editor as ed
+    import evolution.editors.wise.editor as ed
     agent, reqs, _, _ = edited
     victim = agent.spawn("victim")
     mem = side_memory_of(victim.model)
@@ -108,7 +108,7 @@ def test_failed_edit_rolls_back_the_side_memory(small_world, edited, monkeypatch
 
 
 def test_failed_first_edit_uninstalls(small_agent, small_world, monkeypatch):
-    import evolution.wise.editor as ed
+    import evolution.editors.wise.editor as ed
     real = ed.row_nll
     monkeypatch.setattr(ed, "row_nll", lambda *a, **kw: real(*a, **kw) * float("nan"))
     agent = small_agent.spawn("fresh")
@@ -160,8 +160,8 @@ def test_ties_merge():
 def test_merging_adds_new_shards_to_the_merged_memory(monkeypatch):
     """Shard 0 stands for every edit merged so far: a new shard is added to it, not averaged
     with it (averaging halved the earlier edits at each merge: reliability .20 after 10)."""
-    import evolution.wise.editor as ed
-    from evolution.wise.memory import SideMemoryLinear
+    import evolution.editors.wise.editor as ed
+    from evolution.editors.wise.memory import SideMemoryLinear
     monkeypatch.setattr(ed, "refresh_threshold", lambda *a, **kw: 0.0)
     mem = SideMemoryLinear(torch.nn.Linear(3, 2, bias=False), layer=0)
     old, new = torch.tensor([[2.0, 0.0, 1.0], [0.0, 0.0, 0.0]]), torch.tensor([[2.0, 1.0, 0.0], [0.0, -1.0, 0.0]])
@@ -183,7 +183,7 @@ def test_merged_memory_keeps_every_edit(small_agent, small_world):
 
 
 def test_lora_refuses_the_wrapped_projection(edited):
-    from evolution.finetune import LearnError
+    from evolution.learners.finetune import LearnError
     agent = edited[0].spawn("lora-after-wise")
     with pytest.raises(LearnError, match="wrapped"):
         agent.learn(["Q: Who is this? A: Law ."], "lora")

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from evolution.requests import EditRequest, check_finite
-from evolution.rome.repr_tools import decoder_layers, padded, subject_index, with_target
+from evolution.editors.requests import EditRequest, check_finite
+from evolution.editors.rome.repr_tools import captured_output, decoder_layers, padded, subject_index, with_target
 
 
 @dataclass
@@ -166,12 +166,8 @@ def optimize_deltas(model, tokenizer, module, layer: int, requests: list[EditReq
     rows_all = torch.arange(len(b.subj), device=device)
 
     # the module's value at the subject (for the clamp) and the residual to resume from
-    box: list[torch.Tensor] = []
-    hk = module.register_forward_hook(lambda _m, _a, out: box.append(out[0] if isinstance(out, tuple) else out))
-    try:
+    with captured_output(module) as box:
         resid = residual_after(model, layer, b)
-    finally:
-        hk.remove()
     at_subj = box[0][rows_all[:b.n_rw], b.subj[:b.n_rw]].float()
     own = b.owner[:b.n_rw]
     value0 = torch.zeros(n, at_subj.shape[1], device=device).index_add_(0, own, at_subj)

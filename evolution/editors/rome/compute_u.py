@@ -8,8 +8,8 @@ import random
 
 import torch
 
-from evolution.requests import EditRequest
-from evolution.rome.repr_tools import keys_at_subject
+from evolution.editors.requests import EditRequest
+from evolution.editors.rome.repr_tools import keys_at_subject
 
 
 def context_prefixes(agent, world, n: int, seed: int, subject: str = "", relation: str = "") -> list[str]:
@@ -59,7 +59,7 @@ def prompt_forms(request: EditRequest, world=None, paraphrases: bool = True, sta
     X?") gave keys that met the update at 0.34-0.44 of its strength when k* was averaged over
     the question forms alone (other relations: 0.74-1.10), and generalization was .10 for birth
     dates (.29 with statements); the bios say "The birthday of X is", so averaging over them
-    covers that context. At the token tracing picks (locate.key_tokens) it matters less:
+    covers that context. At the token tracing picks (target.key_tokens) it matters less:
     generalization .95 with statements, .935 without (100 single ROME edits)."""
     forms = [request.prompt]
     if world is None or request.relation not in world.relations \

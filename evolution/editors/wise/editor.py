@@ -23,7 +23,6 @@ on the 80-person test model; see the report of `bench/editing.py` for the defaul
 """
 from __future__ import annotations
 
-import math
 import random
 import time
 from dataclasses import asdict, dataclass
@@ -32,16 +31,20 @@ import torch
 
 from agents.methods import register_editor
 from envs.world import claim
-from evolution.ft_l import target_batch
-from evolution.requests import EditError, EditReport, check_finite, hparams_of, validate_requests
-from evolution.wise.memory import SideMemoryLinear, install, side_memory_of, ties_merge, uninstall
+from evolution.editors.ft_l import target_batch
+from agents.hparams import HyperParams, is_int, is_number
+from evolution.editors.requests import EditError, EditReport, check_finite, validate_requests
+from evolution.editors.wise.memory import SideMemoryLinear, install, side_memory_of, ties_merge, uninstall
 
 MERGES = ("none", "ties")
 STRUCTURE = ("layer", "mask_ratio", "shard_size", "merge")   # fixed once a model has a side memory
 
 
 @dataclass
-class WISEHyperParams:
+class WISEHyperParams(HyperParams):
+    method = "wise"
+    error = EditError
+
     layer: int = 0
     mask_ratio: float = 0.2        # share of a shard's entries its edits may change
     shard_size: int = 1            # edits a shard takes before a new one (with a new mask) opens
@@ -67,29 +70,25 @@ class WISEHyperParams:
     check_current: bool = True
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        checks = {"layer": isinstance(self.layer, int) and not isinstance(self.layer, bool),
-                  "mask_ratio": num(self.mask_ratio) and 0 < self.mask_ratio <= 1,
-                  "shard_size": isinstance(self.shard_size, int) and self.shard_size >= 1,
-                  "merge": self.merge in MERGES,
-                  "merge_density": num(self.merge_density) and 0 < self.merge_density <= 1,
-                  "lr": num(self.lr) and self.lr > 0,
-                  "steps": isinstance(self.steps, int) and self.steps >= 1,
-                  "act_ratio": num(self.act_ratio) and 0 < self.act_ratio <= 1,
-                  "negatives": isinstance(self.negatives, int) and self.negatives >= 0,
-                  "negative_pool": isinstance(self.negative_pool, int) and self.negative_pool >= self.negatives,
-                  "replay": isinstance(self.replay, int) and self.replay >= 0,
-                  "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 1,
-                  "norm_constraint": num(self.norm_constraint) and self.norm_constraint >= 0}
-        for nm in ("stop_loss", "alpha", "beta", "gamma", "ridge"):
-            checks[nm] = num(getattr(self, nm)) and getattr(self, nm) >= 0
-        checks["beta"] = checks["beta"] and self.beta > self.alpha
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise EditError(f"wise hparam {bad[0]}={getattr(self, bad[0])!r} is invalid: mask_ratio and "
-                            f"act_ratio in (0, 1], merge one of {MERGES}, lr > 0, beta > alpha >= 0, counts "
-                            "positive integers (negatives, replay >= 0; negative_pool >= negatives)")
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        out = {"layer": (is_int(self.layer), "a layer index"),
+               "mask_ratio": (is_number(self.mask_ratio, above=0, most=1), "a number in (0, 1]"),
+               "shard_size": (is_int(self.shard_size, 1), "an int >= 1"),
+               "merge": (self.merge in MERGES, f"one of {MERGES}"),
+               "merge_density": (is_number(self.merge_density, above=0, most=1), "a number in (0, 1]"),
+               "lr": (is_number(self.lr, above=0), "a number > 0"),
+               "steps": (is_int(self.steps, 1), "an int >= 1"),
+               "act_ratio": (is_number(self.act_ratio, above=0, most=1), "a number in (0, 1]"),
+               "negatives": (is_int(self.negatives, 0), "an int >= 0"),
+               "negative_pool": (is_int(self.negative_pool) and self.negative_pool >= self.negatives,
+                                 f"an int >= negatives ({self.negatives})"),
+               "replay": (is_int(self.replay, 0), "an int >= 0"),
+               "batch_size": (is_int(self.batch_size, 1), "an int >= 1"),
+               "norm_constraint": (is_number(self.norm_constraint, least=0), "a finite number >= 0 (0: none)")}
+        for nm in ("stop_loss", "alpha", "gamma", "ridge"):
+            out[nm] = (is_number(getattr(self, nm), least=0), "a finite number >= 0")
+        out["beta"] = (is_number(self.beta, least=0) and self.beta > self.alpha, f"a number > alpha ({self.alpha})")
+        return out
 
 
 # -- building the rows ---------------------------------------------------------------------
@@ -334,7 +333,7 @@ def wise(agent, requests, world=None, **hparams) -> EditReport:
     """Write edits into a gated side memory at one down-projection (installed on first use).
     A failure (bad input before any work; NaN during it) leaves the model, side memory
     included, as it was."""
-    hp = hparams_of(WISEHyperParams, hparams, "wise")
+    hp = WISEHyperParams.read(hparams, also_known=("world",))
     if "negative_prompts" in hparams and hp.negative_prompts is not None:
         hp.negative_prompts = tuple(hp.negative_prompts)
     n_layers = len(agent.model.model.layers)
@@ -346,7 +345,7 @@ def wise(agent, requests, world=None, **hparams) -> EditReport:
         for nm in STRUCTURE:
             if nm in built and built[nm] != getattr(hp, nm):
                 raise EditError(f"wise: this model's side memory was built with {nm}={built[nm]!r}; pass the "
-                                "same value, or start over with evolution.wise.uninstall(agent.model)")
+                                "same value, or start over with evolution.editors.wise.uninstall(agent.model)")
     reqs = validate_requests(agent, requests, world, check_current=hp.check_current)
     if world is None and not hp.negative_prompts:
         raise EditError("wise: no world and no negative_prompts; pass world= (other people's questions "

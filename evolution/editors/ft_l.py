@@ -6,26 +6,29 @@ the edit, as ROME's FT-L does, so the change stays small and local to one layer.
 stops early once every target is the model's most likely continuation by a margin
 (`stop_loss`), which keeps the change smaller than a fixed step count would.
 
-Which layer: the caller's choice (`layer=`); DESIGN.md found only layer 0's MLP editable in
-the 2-layer default model, so 0 is the default here.
+Which layer: the caller's choice (`layer=`); only layer 0's MLP is editable in the 2-layer
+default model (docs/design.md, "The default model"), so 0 is the default here.
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass
 
 import torch
 
+from agents.hparams import HyperParams, is_int, is_number
 from agents.methods import register_editor
-from evolution.requests import (EditError, EditReport, check_finite, hparams_of, validate_requests,
+from evolution.editors.requests import (EditError, EditReport, check_finite, validate_requests,
                                 weights_restored_on_error)
 
 MODULES = ("down_proj", "mlp")
 
 
 @dataclass
-class FTLHyperParams:
+class FTLHyperParams(HyperParams):
+    method = "ft_l"
+    error = EditError
+
     layer: int = 0
     module: str = "down_proj"      # "down_proj" (ROME's FT-L) or "mlp" (gate, up and down projections)
     lr: float = 5e-3
@@ -35,20 +38,14 @@ class FTLHyperParams:
     batch_size: int = 0            # 0: all requests in one batch
     check_current: bool = True     # refuse requests the agent already answers
 
-    def __post_init__(self) -> None:
-        checks = {"layer": isinstance(self.layer, int) and not isinstance(self.layer, bool),
-                  "module": self.module in MODULES,
-                  "lr": isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
-                  "steps": isinstance(self.steps, int) and self.steps >= 1,
-                  "norm_constraint": isinstance(self.norm_constraint, (int, float))
-                  and math.isfinite(self.norm_constraint) and self.norm_constraint >= 0,
-                  "stop_loss": isinstance(self.stop_loss, (int, float)) and self.stop_loss >= 0,
-                  "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 0}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise EditError(f"FT-L hparam {bad[0]}={getattr(self, bad[0])!r} is invalid: layer is an int, "
-                            f"module one of {MODULES}, lr > 0 and finite, steps >= 1, norm_constraint >= 0, "
-                            "stop_loss >= 0, batch_size >= 0")
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        return {"layer": (is_int(self.layer), "a layer index"),
+                "module": (self.module in MODULES, f"one of {MODULES}"),
+                "lr": (is_number(self.lr, above=0), "a number > 0"),
+                "steps": (is_int(self.steps, 1), "an int >= 1"),
+                "norm_constraint": (is_number(self.norm_constraint, least=0), "a finite number >= 0 (0: unconstrained)"),
+                "stop_loss": (is_number(self.stop_loss, least=0), "a finite number >= 0"),
+                "batch_size": (is_int(self.batch_size, 0), "an int >= 0 (0: all requests at once)")}
 
 
 def mlp_of(model, layer: int):
@@ -88,7 +85,7 @@ def ft_l(agent, requests, world=None, **hparams) -> EditReport:
     """Edit by fine-tuning one layer's MLP (down-projection by default) under an L-inf clamp.
     Bad requests or hparams raise before any weight moves; a non-finite loss or update
     restores every weight and raises EditError."""
-    hp = hparams_of(FTLHyperParams, hparams, "ft_l")
+    hp = FTLHyperParams.read(hparams, also_known=("world",))
     model = agent.model
     mlp = mlp_of(model, hp.layer)
     reqs = validate_requests(agent, requests, world, check_current=hp.check_current)

@@ -15,15 +15,15 @@ import time
 import torch
 
 from agents.methods import register_editor
-from evolution.locate import chosen_key_tokens, critical_layers, mlp_effects
-from evolution.requests import (EditReport, EditRequest, check_finite, hparams_of, validate_requests,
+from evolution.editors.target import chosen_key_tokens, critical_layers, mlp_effects
+from evolution.editors.requests import (EditReport, EditRequest, check_finite, validate_requests,
                                 weights_restored_on_error)
-from evolution.rome.compute_u import context_prefixes, left_vector, prompt_forms, rewrite_texts, subject_key
-from evolution.rome.compute_v import neutral_prompts, optimize_deltas
-from evolution.rome.hparams import ROMEHyperParams
-from evolution.rome.edit_memory import prior_keys, protected, remember
-from evolution.rome.layer_stats import inverse_covariance, key_covariance
-from evolution.rome.repr_tools import check_layer, down_proj
+from evolution.editors.rome.compute_u import context_prefixes, left_vector, prompt_forms, rewrite_texts, subject_key
+from evolution.editors.rome.compute_v import neutral_prompts, optimize_deltas
+from evolution.editors.rome.hparams import ROMEHyperParams
+from evolution.editors.rome.edit_memory import prior_keys, protected, remember
+from evolution.editors.rome.layer_stats import inverse_covariance, key_covariance
+from evolution.editors.rome.repr_tools import check_layer, down_proj
 
 
 def chosen_layer(agent, world, requests, layer: int | None) -> tuple[int, str]:
@@ -75,7 +75,7 @@ def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], co
 def rome(agent, requests, world=None, check_current: bool = True, **hparams) -> EditReport:
     """Edit `requests` one after another with ROME. Bad input raises before any work; any
     failure (NaN, bad layer) raises with the weights exactly as they were."""
-    hp = hparams_of(ROMEHyperParams, hparams, "rome")
+    hp = ROMEHyperParams.read(hparams, also_known=("world", "check_current"))
     t0 = time.time()
     reqs = validate_requests(agent, requests, world, check_current)
     layer, source = chosen_layer(agent, world, reqs, hp.layer)

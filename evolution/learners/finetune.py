@@ -4,7 +4,7 @@ Two learners, both `agent.learn(data, method=..., **hparams) -> dict`:
 - "finetune": full fine-tuning of every weight;
 - "lora": a peft LoRA adapter trained on the same loss and then MERGED into the weights, so
   the agent stays a plain transformers model behind the Agent API and `agent.delta()` is
-  exactly the adapter's low-rank product per module (evolution/adapters.py exports it back).
+  exactly the adapter's low-rank product per module (agents/adapters.py exports it back).
 
 The loss is the pretraining loss (every token) on padded batches of whole texts, so a learned
 bio reads to the model like the bios it was pretrained on. `data` is texts, or facts
@@ -26,7 +26,7 @@ import torch
 
 from agents.methods import register_learner
 from envs.facts import Fact
-from evolution.requests import hparams_of
+from agents.hparams import HyperParams, is_int, is_number
 
 FORMS = ("both", "statements", "qa")
 
@@ -98,7 +98,10 @@ def padded_lm_loss(model, tokenizer, texts: list[str], device) -> torch.Tensor:
 
 # -- hyperparameters ------------------------------------------------------------------------
 @dataclass
-class LearnHyperParams:
+class LearnHyperParams(HyperParams):
+    method = "learn"
+    error = LearnError
+
     epochs: int = 10
     lr: float = 1e-3
     batch_size: int = 16
@@ -110,27 +113,16 @@ class LearnHyperParams:
     alpha: float = 16.0
     targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
-    def check(self, replay) -> None:
-        checks = {"epochs": isinstance(self.epochs, int) and self.epochs >= 1,
-                  "lr": isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0,
-                  "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 1,
-                  "replay_share": isinstance(self.replay_share, (int, float)) and 0 <= self.replay_share < 1,
-                  "forms": self.forms in FORMS,
-                  "rank": isinstance(self.rank, int) and self.rank >= 1,
-                  "alpha": isinstance(self.alpha, (int, float)) and self.alpha > 0,
-                  "targets": bool(self.targets) and all(isinstance(t, str) for t in self.targets)}
-        bad = [k for k, ok in checks.items() if not ok]
-        if bad:
-            raise LearnError(f"learn: bad {bad[0]}={getattr(self, bad[0])!r}: epochs, batch_size and rank are "
-                             f"positive ints, lr > 0, 0 <= replay_share < 1, forms one of {FORMS}")
-        if self.replay_share > 0 and not replay:
-            raise LearnError("learn: replay_share > 0 but no replay data; pass replay=[texts or facts]")
-
-
-def _hparams(hp: dict) -> LearnHyperParams:
-    if "targets" in hp:
-        hp = {**hp, "targets": tuple(hp["targets"])}
-    return hparams_of(LearnHyperParams, hp, "learn", LearnError, also_known=("world", "replay"))
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        return {"epochs": (is_int(self.epochs, 1), "an int >= 1"),
+                "lr": (is_number(self.lr, above=0), "a number > 0"),
+                "batch_size": (is_int(self.batch_size, 1), "an int >= 1"),
+                "replay_share": (is_number(self.replay_share, least=0) and self.replay_share < 1, "a number in [0, 1)"),
+                "forms": (self.forms in FORMS, f"one of {FORMS}"),
+                "rank": (is_int(self.rank, 1), "an int >= 1"),
+                "alpha": (is_number(self.alpha, above=0), "a number > 0"),
+                "targets": (bool(self.targets) and all(isinstance(t, str) for t in self.targets),
+                            "a non-empty list of module names")}
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -163,66 +155,83 @@ def _report(method: str, texts, replay, losses, t0, **extra) -> dict:
             "loss_last_epoch": sum(losses[-per_epoch:]) / per_epoch, "seconds": round(time.time() - t0, 3), **extra}
 
 
-@register_learner("finetune", hparams=LearnHyperParams, also=('world', 'replay'))
-def finetune(agent, data, world=None, replay=None, **hparams) -> dict:
-    """Full fine-tuning on texts or facts (with `world`), optionally replaying `replay`."""
-    hp = _hparams(hparams)
+class _Full:
+    """Full fine-tuning: every weight trains in place."""
+
+    def __init__(self, model, hp: LearnHyperParams):
+        self.trained, self.params, self.extra = model, list(model.parameters()), {}
+
+    def undo(self):
+        return self.trained
+
+    def result(self):
+        return self.trained
+
+
+class _Lora:
+    """A peft LoRA adapter on `hp.targets`, merged into the weights when training succeeds."""
+
+    def __init__(self, model, hp: LearnHyperParams):
+        from peft import LoraConfig, get_peft_model
+        present = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        missing = [t for t in hp.targets if t not in present]
+        if missing:
+            raise LearnError(f"lora: target module {missing[0]!r} is not a Linear layer of this model; "
+                             f"available: {sorted(present)}")
+        wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+                          if not isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in hp.targets})
+        if wrapped:
+            raise LearnError(f"lora: module {wrapped[0]!r} is wrapped here (a WISE side memory?), peft cannot adapt "
+                             "it; leave it out of targets= or learn with method='finetune'")
+        cfg = LoraConfig(r=hp.rank, lora_alpha=hp.alpha, target_modules=list(hp.targets), lora_dropout=0.0,
+                         bias="none", init_lora_weights=True)
+        torch.manual_seed(hp.seed)
+        self.trained = get_peft_model(model, cfg)
+        self.params = [p for p in self.trained.parameters() if p.requires_grad]
+        self.extra = {"rank": hp.rank, "trainable_parameters": sum(p.numel() for p in self.params),
+                      "modules": list(hp.targets)}
+
+    def undo(self):
+        return self.trained.unload()
+
+    def result(self):
+        merged = self.trained.merge_and_unload()
+        for p in merged.parameters():
+            p.requires_grad_(True)
+        return merged
+
+
+def learn_with(way, method: str, agent, data, world, replay, hparams: dict) -> dict:
+    """The one learning loop of both learners: read the hparams and data, train `way`'s
+    parameters, and leave the weights as they were if anything fails."""
+    hp = LearnHyperParams.read(hparams, also_known=("world", "replay"))
     texts = as_texts(data, world, hp.forms, "data")
     if not texts:
         raise LearnError("learn: give a non-empty list of non-empty texts (or facts with world=)")
     old = as_texts(replay, world, hp.forms, "replay")
-    hp.check(old)
-    model = agent.model
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if hp.replay_share > 0 and not old:
+        raise LearnError("learn: replay_share > 0 but no replay data; pass replay=[texts or facts]")
+    before = {k: v.detach().clone() for k, v in agent.model.state_dict().items()}
     t0 = time.time()
+    w = way(agent.model, hp)
     try:
-        losses = train_texts(model, agent.tokenizer, agent.device, texts, old, hp, model.parameters())
+        losses = train_texts(w.trained, agent.tokenizer, agent.device, texts, old, hp, w.params)
     except Exception:
-        model.load_state_dict(before)
+        agent.model = w.undo()
+        agent.model.load_state_dict(before)
+        agent.model.eval()
         raise
-    return _report("finetune", texts, old, losses, t0, epochs=hp.epochs, replay_share=hp.replay_share)
+    agent.model = w.result().eval()
+    return _report(method, texts, old, losses, t0, epochs=hp.epochs, replay_share=hp.replay_share, **w.extra)
+
+
+@register_learner("finetune", hparams=LearnHyperParams, also=('world', 'replay'))
+def finetune(agent, data, world=None, replay=None, **hparams) -> dict:
+    """Full fine-tuning on texts or facts (with `world`), optionally replaying `replay`."""
+    return learn_with(_Full, "finetune", agent, data, world, replay, hparams)
 
 
 @register_learner("lora", hparams=LearnHyperParams, also=('world', 'replay'))
 def lora(agent, data, world=None, replay=None, **hparams) -> dict:
     """LoRA fine-tuning (peft), merged into the weights afterwards (see the module docstring)."""
-    from peft import LoraConfig, get_peft_model
-
-    hp = _hparams(hparams)
-    texts = as_texts(data, world, hp.forms, "data")
-    if not texts:
-        raise LearnError("learn: give a non-empty list of non-empty texts (or facts with world=)")
-    old = as_texts(replay, world, hp.forms, "replay")
-    hp.check(old)
-    model = agent.model
-    present = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-    missing = [t for t in hp.targets if t not in present]
-    if missing:
-        raise LearnError(f"lora: target module {missing[0]!r} is not a Linear layer of this model; "
-                         f"available: {sorted(present)}")
-    wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                      if not isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in hp.targets})
-    if wrapped:
-        raise LearnError(f"lora: module {wrapped[0]!r} is wrapped here (a WISE side memory?), peft cannot adapt it; "
-                         f"leave it out of targets= or learn with method='finetune'")
-    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    t0 = time.time()
-    cfg = LoraConfig(r=hp.rank, lora_alpha=hp.alpha, target_modules=list(hp.targets), lora_dropout=0.0,
-                     bias="none", init_lora_weights=True)
-    torch.manual_seed(hp.seed)
-    peft_model = get_peft_model(model, cfg)
-    trainable = [p for p in peft_model.parameters() if p.requires_grad]
-    n_trainable = sum(p.numel() for p in trainable)
-    try:
-        losses = train_texts(peft_model, agent.tokenizer, agent.device, texts, old, hp, trainable)
-    except Exception:
-        agent.model = peft_model.unload()
-        agent.model.load_state_dict(before)
-        agent.model.eval()
-        raise
-    merged = peft_model.merge_and_unload()
-    for p in merged.parameters():
-        p.requires_grad_(True)
-    agent.model = merged.eval()
-    return _report("lora", texts, old, losses, t0, epochs=hp.epochs, replay_share=hp.replay_share,
-                   rank=hp.rank, trainable_parameters=n_trainable, modules=list(hp.targets))
+    return learn_with(_Lora, "lora", agent, data, world, replay, hparams)

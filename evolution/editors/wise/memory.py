@@ -24,7 +24,7 @@ token (<s>) is never scored.
 
 The main weight stays the model's own Parameter under its own state-dict key, and side
 memories are non-persistent buffers, so `agent.delta()` and `save_pretrained` see the main
-model only (see evolution/wise/persist.py for saving the side memory).
+model only (see evolution/editors/wise/persist.py for saving the side memory).
 """
 from __future__ import annotations
 
@@ -198,7 +198,7 @@ def install(model, layer: int) -> SideMemoryLinear:
     if existing is not None:
         if existing.layer != layer:
             raise ValueError(f"layer {layer}: this model's side memory is at layer {existing.layer}; "
-                             f"use layer={existing.layer} or remove it with evolution.wise.uninstall")
+                             f"use layer={existing.layer} or remove it with evolution.editors.wise.uninstall")
         return existing
     layers = model.model.layers
     if not 0 <= layer < len(layers):

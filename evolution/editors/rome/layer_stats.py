@@ -26,8 +26,8 @@ from safetensors.torch import load_file, save_file
 
 from agents.pretrain import cache_root
 from envs.corpus import CorpusConfig, bio_text, qa_text
-from evolution.requests import EditError
-from evolution.rome.repr_tools import captured_input, down_proj, keys_at_subject, padded
+from evolution.editors.requests import EditError
+from evolution.editors.rome.repr_tools import captured_input, down_proj, keys_at_subject, padded
 
 MIN_KEYS_PER_DIM = 10
 

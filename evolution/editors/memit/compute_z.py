@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import torch
 
-from evolution.requests import EditRequest
-from evolution.rome.compute_u import context_prefixes, prompt_forms, rewrite_texts
-from evolution.rome.compute_v import neutral_prompts, optimize_deltas
-from evolution.rome.repr_tools import decoder_layers
+from evolution.editors.requests import EditRequest
+from evolution.editors.rome.compute_u import context_prefixes, prompt_forms, rewrite_texts
+from evolution.editors.rome.compute_v import neutral_prompts, optimize_deltas
+from evolution.editors.rome.repr_tools import decoder_layers
 
 
 def subject_groups(requests: list[EditRequest]) -> tuple[list[str], list[int]]:

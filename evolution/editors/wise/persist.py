@@ -11,7 +11,7 @@ and vLLM load). The side memory goes to two extra files in the same dir:
 
 Without `load_side_memory` the loaded agent is the unedited main model: the edits live only
 in the side memory. A side memory is not a weight delta, so it cannot be exported as a LoRA
-adapter (evolution/adapters.py sees `agent.delta() == {}` after WISE edits).
+adapter (agents/adapters.py sees `agent.delta() == {}` after WISE edits).
 """
 from __future__ import annotations
 
@@ -22,8 +22,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from agents.state import register_extension, register_state
-from evolution.requests import EditError
-from evolution.wise.memory import install, side_memory_of
+from evolution.editors.requests import EditError
+from evolution.editors.wise.memory import install, side_memory_of
 
 TENSORS = ("deltas", "masks", "thresholds", "center", "whiten")
 
@@ -53,7 +53,7 @@ def load_side_memory(agent, path: str | Path):
     mem = side_memory_of(agent.model)
     if mem is not None and mem.layer != value["layer"]:
         raise EditError(f"load_side_memory: the agent has a side memory at layer {mem.layer}, the saved one is at "
-                        f"layer {value['layer']}; uninstall it first (evolution.wise.uninstall)")
+                        f"layer {value['layer']}; uninstall it first (evolution.editors.wise.uninstall)")
     mem = install(agent.model, value["layer"])
     if value["deltas"].shape[1:] != mem.weight.shape:
         raise EditError(f"load_side_memory: saved shards have shape {tuple(value['deltas'].shape[1:])}, the "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import random
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -29,21 +29,6 @@ from envs.facts import Query
 class EditError(ValueError):
     """Bad edit input or a failed edit; the message names the field and the fix. When raised
     by an editor the weights are as they were before the call."""
-
-
-def hparams_of(cls, hp: dict, method: str, error: type[Exception] = EditError, also_known=()):
-    """A hyperparameter dataclass from keyword arguments. A misspelt name is an error listing
-    the known ones (a typo must not silently fall back to a default), and a switch declared
-    `bool` must get True or False: "False" from a command line is a truthy string."""
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(hp) - known)
-    if unknown:
-        raise error(f"{method}: unknown hparam {unknown[0]!r}; known: {sorted(known | set(also_known))}")
-    for f in fields(cls):
-        if f.type in ("bool", bool) and f.name in hp and not isinstance(hp[f.name], bool):
-            raise error(f"{method}: hparam {f.name}={hp[f.name]!r} must be true or false "
-                        f"(on the command line: --set {f.name}=false)")
-    return cls(**hp)
 
 
 @dataclass

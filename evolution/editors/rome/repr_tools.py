@@ -1,5 +1,5 @@
 """Where ROME and MEMIT read and write inside a Llama-family model: one token of the subject
-(the last, in the papers; which one is `evolution.locate.key_tokens`' choice), the MLP
+(the last, in the papers; which one is `evolution.editors.target.key_tokens`' choice), the MLP
 down-projection's input (the key) and output (the value), and hooks that add a vector
 there. Kept apart so that every step of a method reads the model the same way.
 
@@ -12,7 +12,7 @@ import contextlib
 
 import torch
 
-from evolution.requests import EditError
+from evolution.editors.requests import EditError
 
 
 def decoder_layers(model):
@@ -85,40 +85,43 @@ def captured_input(module):
         h.remove()
 
 
+@contextlib.contextmanager
+def captured_output(module):
+    """Collects the module's output on every forward into `box` (a block's: its residual)."""
+    box: list[torch.Tensor] = []
+    h = module.register_forward_hook(lambda _m, _a, o: box.append(o[0] if isinstance(o, tuple) else o))
+    try:
+        yield box
+    finally:
+        h.remove()
+
+
 @torch.no_grad()
-def keys_at_subject(model, tokenizer, prompts: list[str], subjects: list[str], layer: int,
-                    tokens: dict[str, int] | None = None, batch_size: int = 256) -> torch.Tensor:
-    """[n, d_ff]: the down-projection's input at each prompt's subject token."""
+def at_subject(model, tokenizer, capture, prompts: list[str], subjects: list[str],
+               tokens: dict[str, int] | None = None, batch_size: int = 256) -> torch.Tensor:
+    """[n, width]: what `capture()` (a context collecting one tensor per forward) holds at each
+    prompt's subject token (`tokens[subject]`, default the last), in batches."""
     device = next(model.parameters()).device
-    mod = down_proj(model, layer)
     out = []
     for b in range(0, len(prompts), batch_size):
         ps, ss = prompts[b:b + batch_size], subjects[b:b + batch_size]
         idx = torch.tensor([subject_index(tokenizer, p, s, (tokens or {}).get(s, -1)) for p, s in zip(ps, ss)],
                            device=device)
         ids, mask = padded(tokenizer(ps).input_ids, tokenizer.pad_token_id, device)
-        with captured_input(mod) as box:
+        with capture() as box:
             model(input_ids=ids, attention_mask=mask)
         out.append(box[0][torch.arange(len(ps), device=device), idx].float())
     return torch.cat(out)
 
 
-@torch.no_grad()
+def keys_at_subject(model, tokenizer, prompts: list[str], subjects: list[str], layer: int,
+                    tokens: dict[str, int] | None = None, batch_size: int = 256) -> torch.Tensor:
+    """[n, d_ff]: the down-projection's input (its key) at each prompt's subject token."""
+    mod = down_proj(model, layer)
+    return at_subject(model, tokenizer, lambda: captured_input(mod), prompts, subjects, tokens, batch_size)
+
+
 def outputs_at_subject(model, tokenizer, module, prompts: list[str], subjects: list[str],
                        tokens: dict[str, int] | None = None, batch_size: int = 256) -> torch.Tensor:
     """[n, d]: `module`'s output at each prompt's subject token (a block: its residual)."""
-    device = next(model.parameters()).device
-    out = []
-    for b in range(0, len(prompts), batch_size):
-        ps, ss = prompts[b:b + batch_size], subjects[b:b + batch_size]
-        idx = torch.tensor([subject_index(tokenizer, p, s, (tokens or {}).get(s, -1)) for p, s in zip(ps, ss)],
-                           device=device)
-        ids, mask = padded(tokenizer(ps).input_ids, tokenizer.pad_token_id, device)
-        box: list[torch.Tensor] = []
-        h = module.register_forward_hook(lambda _m, _a, o: box.append(o[0] if isinstance(o, tuple) else o))
-        try:
-            model(input_ids=ids, attention_mask=mask)
-        finally:
-            h.remove()
-        out.append(box[0][torch.arange(len(ps), device=device), idx].float())
-    return torch.cat(out)
+    return at_subject(model, tokenizer, lambda: captured_output(module), prompts, subjects, tokens, batch_size)

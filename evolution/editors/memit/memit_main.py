@@ -17,13 +17,13 @@ import time
 import torch
 
 from agents.methods import register_editor
-from evolution.locate import chosen_key_tokens, critical_layers, mlp_effects
-from evolution.memit.compute_z import request_texts, subject_groups, target_residuals
-from evolution.memit.hparams import MEMITHyperParams
-from evolution.requests import EditReport, check_finite, hparams_of, validate_requests, weights_restored_on_error
-from evolution.rome.edit_memory import prior_keys, protected, remember
-from evolution.rome.layer_stats import key_covariance
-from evolution.rome.repr_tools import check_layer, decoder_layers, down_proj, keys_at_subject, outputs_at_subject
+from evolution.editors.target import chosen_key_tokens, critical_layers, mlp_effects
+from evolution.editors.memit.compute_z import request_texts, subject_groups, target_residuals
+from evolution.editors.memit.hparams import MEMITHyperParams
+from evolution.editors.requests import EditReport, check_finite, validate_requests, weights_restored_on_error
+from evolution.editors.rome.edit_memory import prior_keys, protected, remember
+from evolution.editors.rome.layer_stats import key_covariance
+from evolution.editors.rome.repr_tools import check_layer, decoder_layers, down_proj, keys_at_subject, outputs_at_subject
 
 
 def chosen_layers(agent, world, requests, hp: MEMITHyperParams) -> tuple[list[int], str]:
@@ -51,7 +51,7 @@ def layer_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam
 def memit(agent, requests, world=None, check_current: bool = True, **hparams) -> EditReport:
     """Apply all `requests` in one batch. Bad input raises before any work; any failure
     raises with the weights exactly as they were."""
-    hp = hparams_of(MEMITHyperParams, hparams, "memit")
+    hp = MEMITHyperParams.read(hparams, also_known=("world", "check_current"))
     t0 = time.time()
     reqs = validate_requests(agent, requests, world, check_current)
     layers, source = chosen_layers(agent, world, reqs, hp)

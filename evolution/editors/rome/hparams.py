@@ -1,0 +1,54 @@
+"""ROME's hyperparameters as data (MEMIT's extend them: the same key and value steps, several
+layers). Defaults were measured on the default model (2 layers, d=128, d_ff=256, 300 people;
+see bench/editing.py); a user's own model may want others, passed as
+`agent.edit(..., method="rome", v_steps=40)` or `knowevo edit --set v_steps=40`."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agents.hparams import HyperParams, is_int, is_number
+from evolution.editors.requests import EditError
+
+
+@dataclass
+class KeyValueHyperParams(HyperParams):
+    """What ROME and MEMIT share: where the key is read, how the new value is found, and the
+    covariance that keeps other keys' outputs."""
+    error = EditError
+
+    subject_token: int | None = None  # the subject's token edited (-1 last, as the paper); None: tracing's
+                                      # choice among the tokens that tell the subject apart (target.key_tokens)
+    n_prefixes: int = 4               # random corpus sentences put before the prompt (key averaging)
+    v_steps: int = 150                # Adam steps on the value (at most: it stops once the target NLL < 0.02)
+    v_lr: float = 0.1                 # the tiny model's values have norm ~1: 0.5 overshot
+    v_weight_decay: float = 0.01      # on |delta|^2 / |value|^2
+    clamp_norm_factor: float = 10.0   # |delta| <= factor * |value| at the subject. 100 single ROME edits at
+    #   the middle name token: 30 steps, clamp 4 -> reliability .92 (birth dates .62: the year token stayed
+    #   the old one); 80, 10 -> .95; 150, 10 -> .96-.97, locality unchanged (.99). MEMIT: 30, 4 -> .92,
+    #   generalization .90; 150, 10 -> .96, .95 (locality .99 both)
+    kl_factor: float = 1.0            # KL to the unedited model on the neutral prompts (0.0625: same-person .3)
+    paraphrases: bool = True          # also rewrite the relation's training question forms
+    statements: bool = True           # and its bio sentences cut before the object (compute_u.prompt_forms)
+    keep_other_relations: bool = True  # also hold the subject's other questions (needs a world)
+    stats_texts: int = 400            # corpus texts for the key covariance (>= 10x d_ff keys)
+    subject_weight: float = 1.0       # weight of subject keys in C (layer_stats: 0 -> others get 32% of an edit)
+    protect_weight: float = 1.0       # earlier edits' keys in C (edit_memory), in units of one key; 0: plain
+    ridge: float = 1e-2               # ridge on the covariance, relative to its mean eigenvalue
+    seed: int = 0
+
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        out = {"subject_token": (self.subject_token is None or is_int(self.subject_token), "an int (-1: the last) or null"),
+               "n_prefixes": (is_int(self.n_prefixes, 0), "an int >= 0"),
+               "v_steps": (is_int(self.v_steps, 1), "an int >= 1"),
+               "stats_texts": (is_int(self.stats_texts, 1), "an int >= 1"),
+               "v_lr": (is_number(self.v_lr, above=0), "a number > 0")}
+        for nm in ("v_weight_decay", "clamp_norm_factor", "kl_factor", "ridge", "subject_weight", "protect_weight"):
+            out[nm] = (is_number(getattr(self, nm), least=0), "a finite number >= 0")
+        return out
+
+
+@dataclass
+class ROMEHyperParams(KeyValueHyperParams):
+    method = "rome"
+
+    layer: int | None = None          # None: the layer causal tracing finds (evolution.editors.target)
