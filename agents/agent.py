@@ -14,7 +14,7 @@ import torch
 
 from agents.checkpoint import load_model_dir
 from agents.records import Belief, beliefs_from_scores, prompts_with_context
-from agents.scoring import candidate_logprobs, text_nll
+from agents.scoring import candidate_logprobs, check_readable, text_nll
 from agents.state import load_state, put_extensions, save_state, take_extensions
 from envs.facts import Query
 
@@ -54,6 +54,7 @@ class Agent:
         """For each query, a distribution over its candidates. `context` (one text, or one per
         query) is placed before the question; extra `fields` (round=, protocol=...) are
         copied onto every record."""
+        check_readable(self.tokenizer, queries)
         contexts, prompts = prompts_with_context(queries, context)
         scores = candidate_logprobs(self.model, self.tokenizer, prompts, [q.candidates for q in queries],
                                     self.batch_size)

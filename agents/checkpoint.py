@@ -5,6 +5,7 @@ that says what to do.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -12,6 +13,21 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 class CheckpointError(ValueError):
     pass
+
+
+def saved_tokenizer_class(path: Path):
+    """The tokenizer class the directory was saved with (`tokenizer_config.json`), else
+    AutoTokenizer. AutoTokenizer lets the model config's family win: a Qwen2 model saved with
+    knowevo's word-level tokenizer was read by a `Qwen2Tokenizer`, which split " Acorn Labs" into
+    ['A', 'a'] and scored garbage without a word."""
+    import transformers
+    cfg = path / "tokenizer_config.json"
+    try:
+        name = json.loads(cfg.read_text()).get("tokenizer_class") if cfg.exists() else None
+    except (json.JSONDecodeError, AttributeError):
+        name = None
+    cls = getattr(transformers, name, None) if isinstance(name, str) else None
+    return cls if cls is not None and hasattr(cls, "from_pretrained") else AutoTokenizer
 
 
 def load_model_dir(path: str | Path, trust_remote_code: bool = False):
@@ -25,7 +41,8 @@ def load_model_dir(path: str | Path, trust_remote_code: bool = False):
         raise CheckpointError(f"model dir {str(path)!r} has no .safetensors weights{extra}; knowevo loads "
                               "safetensors only")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True, trust_remote_code=trust_remote_code)
+        tokenizer = saved_tokenizer_class(path).from_pretrained(path, local_files_only=True,
+                                                                trust_remote_code=trust_remote_code)
     except Exception as e:  # tokenizers raises plain Exceptions for corrupt JSON
         raise CheckpointError(f"model dir {str(path)!r}: the tokenizer could not be read ({type(e).__name__}: "
                               f"{str(e)[:200]}); tokenizer.json may be corrupt: re-save it with "

@@ -35,7 +35,7 @@ from agents.placement import (Ask, Handle, Placement, PlacementError, _check_new
                               structure)
 from agents.state import carries_extensions, put_extensions
 from agents.records import beliefs_from_scores, prompts_with_context
-from agents.scoring import candidate_logprobs, mask_dtype, packed_rows, score_packed, text_nll
+from agents.scoring import candidate_logprobs, check_readable, mask_dtype, packed_rows, score_packed, text_nll
 
 
 @dataclass
@@ -226,6 +226,7 @@ class PopulationPlacement(Placement):
         per_ask = []
         for a in asks:
             s = self._slot(a.agent)
+            check_readable(self.tokenizer, a.queries)
             contexts, prompts = prompts_with_context(a.queries, a.context)
             # agents in the same state share rows: a solo model or a delta is the agent's own
             state = (a.agent, s.version) if s.solo is not None or self._row_id(s) else ("base",)

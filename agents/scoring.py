@@ -19,6 +19,55 @@ from typing import Callable
 import torch
 
 
+class ScoringError(ValueError):
+    """A query this model's tokenizer cannot read; the message names the words and the fix."""
+
+
+_READ: dict[int, tuple[object, set, set]] = {}     # id(tokenizer) -> (it, candidate sets read, subjects read)
+
+
+def _all_unknown(tokenizer, ids: list[int]) -> bool:
+    return tokenizer.unk_token_id is not None and bool(ids) and all(i == tokenizer.unk_token_id for i in ids)
+
+
+def check_readable(tokenizer, queries) -> None:
+    """Raise ScoringError where the model cannot tell a query's answers apart, instead of
+    scoring them as equals (a uniform belief that looks like a measurement): a candidate that
+    tokenizes to nothing or to unknown tokens only, two candidates that read as the same
+    tokens, a subject most of whose words are unknown. Each candidate set and subject is
+    checked once per tokenizer."""
+    entry = _READ.get(id(tokenizer))
+    if entry is None or entry[0] is not tokenizer:
+        entry = _READ[id(tokenizer)] = (tokenizer, set(), set())
+    _, read_cands, read_subjects = entry
+    for q in queries:
+        cands = tuple(q.candidates)
+        if cands not in read_cands:
+            ids = candidate_token_ids(tokenizer, [cands])
+            where = f"relation {q.relation!r}"
+            if empty := [c for c in cands if not ids[c]]:
+                raise ScoringError(f"candidate {empty[0]!r} ({where}) tokenizes to no tokens with this model's "
+                                   "tokenizer; give candidates it can read")
+            if unknown := [c for c in cands if _all_unknown(tokenizer, ids[c])]:
+                raise ScoringError(f"candidates {unknown[:5]} ({where}) are unknown words to this model's tokenizer "
+                                   f"(every token is {tokenizer.unk_token!r}), so it cannot tell them apart; use a "
+                                   "model whose vocabulary has them (e.g. one pretrained on this world)")
+            same: dict[tuple, list[str]] = {}
+            for c in cands:
+                same.setdefault(tuple(ids[c]), []).append(c)
+            if dup := next((cs for cs in same.values() if len(cs) > 1), None):
+                raise ScoringError(f"candidates {dup[:5]} ({where}) read as the same tokens to this model's tokenizer "
+                                   "(unknown words?), so it cannot tell them apart; use a model whose vocabulary has them")
+            read_cands.add(cands)
+        if q.subject not in read_subjects:
+            words = q.subject.split()
+            unknown = [w for w in words if _all_unknown(tokenizer, tokenizer(" " + w, add_special_tokens=False).input_ids)]
+            if 2 * len(unknown) > len(words):
+                raise ScoringError(f"subject {q.subject!r}: the words {unknown} are unknown to this model's tokenizer, "
+                                   "so its answers cannot be about this person; use a model whose vocabulary has them")
+            read_subjects.add(q.subject)
+
+
 def candidate_token_ids(tokenizer, candidates: list[tuple[str, ...]]) -> dict[str, list[int]]:
     """Each distinct candidate's tokens as it follows a prompt (with its leading space)."""
     uniq = sorted({c for cs in candidates for c in cs})

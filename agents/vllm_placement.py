@@ -20,6 +20,7 @@ from pathlib import Path
 from agents.delta import Snapshot
 from agents.placement import Ask, Handle, Placement, PlacementError
 from agents.records import beliefs_from_scores, prompts_with_context
+from agents.scoring import check_readable
 
 
 class VllmPlacement(Placement):
@@ -128,6 +129,7 @@ class VllmPlacement(Placement):
         loras = [self._adapter(a.agent) for a in asks]      # every agent checked before any scoring
         prompts, cands, owners, per = [], [], [], []
         for a, lora in zip(asks, loras):
+            check_readable(self.pop.tokenizer, a.queries)
             contexts, ps = prompts_with_context(a.queries, a.context)
             per.append((contexts, len(prompts)))
             prompts += ps
