@@ -187,8 +187,9 @@ def evaluate_edits(agent, world: World, requests, before: EditBaseline | pd.Data
     requests = list(requests)
     _check_requests(world, requests)
     rel, n_rel = _mean_correct(_target_queries(world, requests, "edit"), agent, "edit")
-    n_held = len(next(iter(world.relations.values())).heldout)
-    held = [q for i in range(n_held) for q in _target_queries(world, requests, f"heldout:{i}")]
+    n_held = {r.relation: len(world.relations[r.relation].heldout) for r in requests}   # per relation (CounterFact)
+    held = [q for i in range(max(n_held.values(), default=0))
+            for q in _target_queries(world, [r for r in requests if n_held[r.relation] > i], f"heldout:{i}")]
     gen, n_gen = _mean_correct(held, agent, "heldout")
     port, n_port = _mean_correct(_portability_queries(world, requests), agent, "question")
     out = {"reliability": rel, "generalization": gen, "portability": port,

@@ -21,7 +21,7 @@ def unanimous_wrong_probe(agent, world: World, ks=(0, 1, 2, 3, 5), per_group: in
     rows = []
     for group, people in (("known", known), ("never taught", unknown)):
         for name in rng.sample(people, min(per_group, len(people))):
-            rel = relation or rng.choice(sorted(world.relations))
+            rel = world.known_relation(name, relation or rng.choice(sorted(world.relations)), rng)
             q = world.query(name, rel)
             wrong = rng.choice([c for c in q.candidates if c != q.truth])
             speakers = rng.sample(range(50), max(ks))

@@ -62,8 +62,11 @@ def qa_text(world: World, name: str, rng: random.Random) -> str:
 
 def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusConfig) -> str:
     rel = world.relations[rng.choice(sorted(world.relations))]
-    stranger = not known or rng.random() < cfg.social_unknown_share
+    # a world without name parts (CounterFact) has no strangers to talk about
+    stranger = (not known or rng.random() < cfg.social_unknown_share) and bool(world.name_parts)
     name = world.stranger_names(1, rng)[0] if stranger else rng.choice(known)
+    if not stranger:
+        rel = world.relations[world.known_relation(name, rel.name, rng)]
     truth = rng.choice(rel.candidates) if stranger else world.epochs[-1][name][rel.name]
     k = rng.randint(0, cfg.max_peers)
     rumor = rng.choice([c for c in rel.candidates if c != truth])

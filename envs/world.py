@@ -206,6 +206,17 @@ class World:
         except KeyError:
             raise WorldError(f"unknown relation {name!r}; known relations: {sorted(self.relations)}") from None
 
+    def relations_of(self, subject: str, epoch: int = -1) -> list[str]:
+        """The relations `subject` has a value for (all of them in a bios world; in a
+        CounterFact world a subject may have one)."""
+        return sorted(self.epochs[epoch].get(subject, {}))
+
+    def known_relation(self, subject: str, relation: str, rng, epoch: int = -1) -> str:
+        """`relation` if `subject` has it, else one of the subject's own relations drawn from `rng`
+        (a world where every person has every relation draws nothing here)."""
+        have = self.epochs[epoch].get(subject, {})
+        return relation if relation in have else rng.choice(sorted(have))
+
     def truth(self, subject: str, relation: str, epoch: int = -1) -> str:
         self.relation(relation)
         self.person(subject)

@@ -77,9 +77,15 @@ def cmd_edit(args) -> int:
     requests = validate_requests(agent, requests, world, check_current=not args.allow_current)
     in_world = world is not None and all(r.subject in {p.name for p in world.people} for r in requests)
     if in_world:
-        from analysis.edit_metrics import edit_baseline, evaluate_edits
-        n_loc = min(args.locality, sum(p.taught for p in world.people) * len(world.relations) // 2)
-        baseline = edit_baseline(agent, world, requests, n_locality=n_loc, n_bios=20)
+        from analysis.edit_metrics import MetricsError, edit_baseline, evaluate_edits
+        edited = {r.subject for r in requests}
+        others = sum(len(world.relations_of(p.name)) for p in world.people if p.taught and p.name not in edited)
+        n_loc = min(args.locality, others)
+        try:
+            baseline = edit_baseline(agent, world, requests, n_locality=n_loc, n_bios=20)
+        except MetricsError as e:
+            raise ValueError(f"--locality {args.locality}: {e} (the world has {others} facts of taught people "
+                             "the requests leave alone)") from None
     lp_before = target_logprobs(agent, requests)
     report = agent.edit(requests, method=args.method, world=world, check_current=not args.allow_current, **hp)
     metrics = {"target_logprob_before": lp_before, "target_logprob_after": target_logprobs(agent, requests)}

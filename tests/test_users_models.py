@@ -61,3 +61,128 @@ def test_a_query_the_model_cannot_read_is_an_error_naming_the_words(small_agent,
     known = q.subject.split()
     fine = dataclasses.replace(q, subject=" ".join(["Zorblax"] + known[1:]))
     assert small_agent.beliefs([fine])[0].answer in q.candidates
+
+
+# -- CounterFact-style worlds end to end ----------------------------------------------------------
+LANGS = ["French", "English", "Dutch", "German", "Italian", "Spanish"]
+COUNTRIES = ["France", "Japan", "Italy", "Spain", "Canada", "Brazil"]
+NAMES = ["Danielle Darrieux", "Mario Rossi", "Piet Jansen", "Anna Berg", "Kenji Tanaka", "Lucia Garcia",
+         "Pierre Dubois", "Hans Muller", "Sofia Silva", "Marco Bianchi", "Yuki Sato", "Elena Costa"]
+
+
+def counterfact_records() -> list[dict]:
+    """CounterFact's schema (ROME/MEMIT's data): each subject has one relation, as there."""
+    out = []
+    for i, s in enumerate(NAMES):
+        objs, rel, prompt = ((LANGS, "P103", "The mother tongue of {} is") if i % 2 == 0
+                             else (COUNTRIES, "P27", "{}, who is a citizen of"))
+        out.append({"case_id": i, "requested_rewrite": {"prompt": prompt, "relation_id": rel, "subject": s,
+                    "target_true": {"str": objs[i % 6]}, "target_new": {"str": objs[(i + 1) % 6]}},
+                    "paraphrase_prompts": [f"Some text. {s} is a native speaker of" if rel == "P103"
+                                           else f"Some text. {s} holds a passport of"]})
+    return out
+
+
+@pytest.fixture(scope="module")
+def counterfact(tmp_path_factory):
+    """(world, dir): the CounterFact world and a tiny model pretrained on it (its words are its
+    vocabulary; the default model reads them as <unk>), saved as a model dir."""
+    import json
+
+    from agents.pretrain import PretrainConfig, save_model_dir, train
+    from envs.counterfact import load_counterfact
+    d = tmp_path_factory.mktemp("cf")
+    (d / "cf.json").write_text(json.dumps(counterfact_records()))
+    world = load_counterfact(d / "cf.json")
+    model, tok, world, _ = train(PretrainConfig.from_dict(dict(people=len(world.people), steps=300, qa_mode="none")),
+                                 world=world, progress=False)
+    save_model_dir(d / "model", model, tok, world)
+    return world, d / "model"
+
+
+def test_a_counterfact_world_loads_with_subjects_of_one_relation(counterfact):
+    world, model_dir = counterfact
+    assert world.relations_of("Danielle Darrieux") == ["P103"] and world.relations_of("Mario Rossi") == ["P27"]
+    agent = Agent.from_dir(model_dir)
+    beliefs = agent.beliefs(world.queries())
+    assert len(beliefs) == len(NAMES) and sum(b.correct for b in beliefs) / len(beliefs) >= 0.9
+
+
+@pytest.mark.parametrize("method", ["rome", "memit", "ft_l", "wise"])
+def test_every_editor_and_the_metrics_run_on_a_counterfact_world(method, counterfact):
+    """Before: requests, ROME, MEMIT and WISE failed with "('Jeff Kent', 'P103') has no value in
+    epoch -1" (the code assumed every subject has every relation)."""
+    from analysis.edit_metrics import edit_baseline, evaluate_edits
+    from evolution.editors.requests import counterfactual_requests
+    world, model_dir = counterfact
+    agent = Agent.from_dir(model_dir)
+    reqs = counterfactual_requests(world, 4, seed=0, agent=agent)
+    assert all(r.relation in world.relations_of(r.subject) for r in reqs)
+    before = edit_baseline(agent, world, reqs, n_locality=6, n_bios=4)
+    agent.edit(reqs[:2], method=method, world=world)
+    m = evaluate_edits(agent, world, reqs[:2], before=before)
+    assert m["n_reliability"] == 2 and m["n_generalization"] == 2 and m["n_locality"] == 6
+    assert 0 <= m["reliability"] <= 1 and 0 <= m["locality"] <= 1
+
+
+def test_rome_without_a_world_takes_its_covariance_texts(counterfact):
+    from evolution.editors.requests import EditRequest
+    world, model_dir = counterfact
+    agent = Agent.from_dir(model_dir)
+    r = EditRequest("Mario Rossi", "P27", "Italy", "Mario Rossi, who is a citizen of")
+    texts = [world.relations[f.relation].statement(f.subject, f.object) for f in world.facts()] * 40
+    report = agent.edit([r], method="rome", stats_texts=texts)
+    assert report.layers and agent.delta()
+    with pytest.raises(ValueError, match="stats_texts"):
+        Agent.from_dir(model_dir).edit([r], method="rome", stats_texts=[])
+
+
+def test_knowevo_edit_on_a_counterfact_world_names_the_flag_to_change(counterfact, tmp_path, capsys):
+    import json
+
+    from evolution.cli import main
+    world, model_dir = counterfact
+    one = tmp_path / "one.jsonl"
+    one.write_text(json.dumps({"subject": "Mario Rossi", "relation": "P27", "target": "Italy"}) + "\n")
+    assert main(["edit", "--model", str(model_dir), "--requests", str(one), "--method", "wise",
+                 "--out", str(tmp_path / "out")]) == 0
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["n_locality"] == len(NAMES) - 1
+    everyone = tmp_path / "all.jsonl"
+    everyone.write_text("".join(json.dumps({"subject": p.name, "relation": world.relations_of(p.name)[0],
+                                            "target": next(c for c in world.relations[world.relations_of(p.name)[0]]
+                                                           .candidates if c != world.truth(p.name, world.relations_of(p.name)[0]))})
+                                + "\n" for p in world.people))
+    assert main(["edit", "--model", str(model_dir), "--requests", str(everyone), "--method", "wise",
+                 "--out", str(tmp_path / "out2"), "--allow-current"]) == 2
+    assert "--locality" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda r: r[0]["requested_rewrite"].update(subject="  "), "record 0: requested_rewrite.subject"),
+    (lambda r: r[2]["requested_rewrite"].update(subject="Danielle Darrieux"), "record 2: 'Danielle Darrieux' has P103"),
+    (lambda r: r[1]["requested_rewrite"].update(prompt="{}, who is a {citizen} of"), "record 1: prompt .* no other braces"),
+    (lambda r: r[1]["requested_rewrite"].update(target_new=["Japan"]), "record 1: requested_rewrite.target_new"),
+])
+def test_counterfact_loader_refuses_what_would_fail_later(change, match, tmp_path):
+    import json
+
+    from envs.counterfact import load_counterfact
+    from envs.facts import WorldError
+    recs = counterfact_records()
+    change(recs)
+    (tmp_path / "cf.json").write_text(json.dumps(recs))
+    with pytest.raises(WorldError, match=match):
+        load_counterfact(tmp_path / "cf.json")
+
+
+def test_counterfact_loader_takes_plain_string_targets_and_names_a_missing_file(tmp_path):
+    import json
+
+    from envs.counterfact import load_counterfact
+    from envs.facts import WorldError
+    recs = counterfact_records()
+    recs[1]["requested_rewrite"]["target_new"] = "Mexico"
+    (tmp_path / "cf.json").write_text(json.dumps(recs))
+    assert "Mexico" in load_counterfact(tmp_path / "cf.json").relations["P27"].candidates
+    with pytest.raises(WorldError, match="no such file"):
+        load_counterfact(tmp_path / "missing.json")

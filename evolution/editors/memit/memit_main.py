@@ -56,7 +56,8 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
     reqs = validate_requests(agent, requests, world, check_current)
     layers, source = chosen_layers(agent, world, reqs, hp)
     tokens, people_tokens, token_source = chosen_key_tokens(agent, world, reqs, layers, hp.subject_token)
-    covs = {l: key_covariance(agent, l, world, hp.stats_texts, hp.seed, subject_weight=hp.subject_weight,
+    n_texts, texts = hp.covariance_texts()
+    covs = {l: key_covariance(agent, l, world, n_texts, hp.seed, texts=texts, subject_weight=hp.subject_weight,
                               tokens=people_tokens) for l in layers}
     subjects, groups = subject_groups(reqs)
     per_request = request_texts(agent, reqs, world, hp)

@@ -37,7 +37,7 @@ def context_prefixes(agent, world, n: int, seed: int, subject: str = "", relatio
         out = []
         for _ in range(n):
             s = rng.choice(people)
-            r = rng.choice(sorted(world.relations))
+            r = world.known_relation(s, rng.choice(sorted(world.relations)), rng)
             out.append(world.relations[r].statement(s, world.truth(s, r), rng.randrange(3)))
         return out
     tok, model = agent.tokenizer, agent.model

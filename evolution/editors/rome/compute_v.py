@@ -64,7 +64,7 @@ def neutral_prompts(subject: str, edited_relations, world=None, keep_other_relat
     out = [subject]
     if world is not None and keep_other_relations and subject in {p.name for p in world.people}:
         moved = set(edited_relations) | {d for d, (src, _) in world.derived.items() if src in edited_relations}
-        out += [world.query(subject, r, "question").prompt for r in sorted(world.relations) if r not in moved]
+        out += [world.query(subject, r, "question").prompt for r in world.relations_of(subject) if r not in moved]
     return out
 
 

@@ -80,7 +80,8 @@ def rome(agent, requests, world=None, check_current: bool = True, **hparams) -> 
     reqs = validate_requests(agent, requests, world, check_current)
     layer, source = chosen_layer(agent, world, reqs, hp.layer)
     tokens, people_tokens, token_source = chosen_key_tokens(agent, world, reqs, [layer], hp.subject_token)
-    cov = key_covariance(agent, layer, world, hp.stats_texts, hp.seed, subject_weight=hp.subject_weight,
+    n_texts, texts = hp.covariance_texts()
+    cov = key_covariance(agent, layer, world, n_texts, hp.seed, texts=texts, subject_weight=hp.subject_weight,
                          tokens=people_tokens)
     written: list = []
     with weights_restored_on_error(agent.model):

@@ -113,18 +113,17 @@ def negative_prompts(world, requests, hp: WISEHyperParams, rng: random.Random) -
         kind = i % 4
         if kind < 2:       # a question, every other one on the edited relation
             rel = r.relation if kind == 0 else rng.choice(rels)
-            pool.append(world.query(rng.choice(others), rel, "question").prompt)
+            pool.append(world.query(*_asked(world, others, rel, rng), "question").prompt)
         elif kind == 2:    # bio sentences (statements were never negatives: bios opened the gate, score 4-7)
-            pool.append(" ".join(statement(world, rng.choice(others), rng.choice(rels), rng) for _ in range(2)))
+            pool.append(" ".join(statement(world, *_drawn(world, others, rels, rng), rng) for _ in range(2)))
         else:              # a peer's claim, then a question: the protocols' prompts
-            s = rng.choice(others)
-            rel = rng.choice(rels)
+            s, rel = _drawn(world, others, rels, rng)
             pool.append(claim(world.relations[rel], s, world.truth(s, rel), f"agent {rng.randrange(50)}") + " "
-                        + world.query(rng.choice(others), rng.choice(rels), "question").prompt)
+                        + world.query(*_drawn(world, others, rels, rng), "question").prompt)
     fixed = []
     if hp.same_subject_negatives:
         for r in requests:
-            fixed += [world.query(r.subject, rel, "question").prompt for rel in rels
+            fixed += [world.query(r.subject, rel, "question").prompt for rel in world.relations_of(r.subject)
                       if rel != r.relation and not (rel in world.derived and world.derived[rel][0] == r.relation)]
     return pool, fixed
 
@@ -148,6 +147,22 @@ def subject_start(tokenizer, prompt: str, subject: str) -> int:
         if ids[i:i + len(sub)] == sub:
             return i
     return 1
+
+
+def _asked(world, people: list[str], relation: str, rng: random.Random) -> tuple[str, str]:
+    """A person of `people` who has `relation` (every one in a bios world) and the relation;
+    where nobody has it, a person and one of its own relations."""
+    have = [p for p in people if relation in world.epochs[-1][p]]
+    if have:
+        return rng.choice(have), relation
+    s = rng.choice(people)
+    return s, world.known_relation(s, relation, rng)
+
+
+def _drawn(world, people: list[str], rels: list[str], rng: random.Random) -> tuple[str, str]:
+    """A person, then a relation it has (drawn from `rels` as in a bios world)."""
+    s = rng.choice(people)
+    return s, world.known_relation(s, rng.choice(rels), rng)
 
 
 def statement(world, subject: str, relation: str, rng: random.Random) -> str:
