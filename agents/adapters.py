@@ -73,6 +73,7 @@ def export_adapter(agent, out_dir: str | Path, rank: int = 8, strict: bool = Fal
                    atol: float = 0.0) -> AdapterExport:
     """Write the agent's delta as a peft LoRA adapter directory and say how exact it is."""
     from peft import LoraConfig, get_peft_model
+    from transformers.pytorch_utils import Conv1D
     if not isinstance(rank, int) or isinstance(rank, bool) or rank < 1:
         raise AdapterError(f"rank: {rank!r}; give a positive integer")
     delta = agent.delta(atol)
@@ -85,13 +86,14 @@ def export_adapter(agent, out_dir: str | Path, rank: int = 8, strict: bool = Fal
     for pname, d in delta.items():
         mname, _, leaf = pname.rpartition(".")
         mod = modules.get(mname)
-        kind = ("linear" if isinstance(mod, torch.nn.Linear) else
+        kind = ("linear" if isinstance(mod, torch.nn.Linear) else "linear" if isinstance(mod, Conv1D) else
                 "embedding" if isinstance(mod, torch.nn.Embedding) else None)
         if leaf != "weight" or kind is None:
             report.dropped[pname] = float(d.float().norm())
             continue
-        # nn.Linear stores [out, in] = B A; peft's embedding LoRA stores delta^T = B A.
-        b, a, err, num = low_rank_factors(d.cpu() if kind == "linear" else d.cpu().T, rank, tol)
+        # nn.Linear stores [out, in] = B A; GPT-2's Conv1D stores [in, out] (peft adapts it with
+        # fan_in_fan_out, B A still [out, in]); peft's embedding LoRA stores delta^T = B A.
+        b, a, err, num = low_rank_factors(d.cpu() if isinstance(mod, torch.nn.Linear) else d.cpu().T, rank, tol)
         factors[mname] = (kind, b, a)
         report.modules[mname] = ModuleExport(b.shape[1], num, err, kind)
     if strict and report.dropped:
@@ -101,7 +103,8 @@ def export_adapter(agent, out_dir: str | Path, rank: int = 8, strict: bool = Fal
         raise AdapterError(f"no changed parameter is a Linear or Embedding weight ({sorted(report.dropped)})")
     ranks = {m: f[1].shape[1] for m, f in factors.items()}
     cfg = LoraConfig(r=max(ranks.values()), lora_alpha=max(ranks.values()), lora_dropout=0.0, bias="none",
-                     target_modules=sorted(factors), rank_pattern=ranks, alpha_pattern=ranks)
+                     target_modules=sorted(factors), rank_pattern=ranks, alpha_pattern=ranks,
+                     fan_in_fan_out=any(isinstance(modules[m], Conv1D) for m in factors))
     peft_model = get_peft_model(base, cfg)
     named = dict(peft_model.named_modules())
     with torch.no_grad():

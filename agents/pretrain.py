@@ -16,6 +16,7 @@ import random
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -138,15 +139,18 @@ def lm_loss(model, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return model(input_ids=ids, position_ids=pos, labels=ids, use_cache=False).loss
 
 
-def train(cfg: PretrainConfig, world: World | None = None, device: str | None = None, progress: bool = True):
-    """Returns (model, tokenizer, world, report). Deterministic for a config on one device."""
+def train(cfg: PretrainConfig, world: World | None = None, device: str | None = None, progress: bool = True,
+          make_model=None):
+    """Returns (model, tokenizer, world, report). Deterministic for a config on one device.
+    `make_model(vocab_size, pad_id, bos_id, eos_id)`: a model of another family to pretrain
+    instead of the default tiny Llama (`cfg.shape` is then not used)."""
     world = world or world_of(cfg)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
     tokenizer = word_tokenizer(world.words())
-    model = tiny_llama(cfg.shape, len(tokenizer), tokenizer.pad_token_id, tokenizer.bos_token_id,
-                       tokenizer.eos_token_id).to(device)
+    model = (make_model or partial(tiny_llama, cfg.shape))(len(tokenizer), tokenizer.pad_token_id,
+                                                            tokenizer.bos_token_id, tokenizer.eos_token_id).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     phases = [("mixed" if cfg.qa_mode == "mixed" else "bio", cfg.total_steps)]
     if cfg.qa_mode == "finetune":

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import pandas as pd
 import torch
 
-from evolution.editors.rome.repr_tools import decoder_layers, padded
+from evolution.editors.rome.repr_tools import decoder_layers, layout, padded
 
 KINDS = ("hidden", "mlp", "attn")
 POSITIONS = ("first subject token", "middle subject tokens", "last subject token",
@@ -66,8 +66,10 @@ def position_category(case: TraceCase, t: int) -> str | None:
     return "first subsequent token" if t == case.subj_end else "further tokens"
 
 
-def module_of(layer_mod, kind: str):
-    return {"hidden": layer_mod, "mlp": layer_mod.mlp, "attn": layer_mod.self_attn}[kind]
+def module_of(model, block, kind: str):
+    """The block itself ("hidden"), its MLP or its attention, where the model's family keeps them."""
+    lay = layout(model)
+    return {"hidden": block, "mlp": lay.mlp_of(block), "attn": lay.attn_of(block)}[kind]
 
 
 def _first(out):
@@ -99,7 +101,7 @@ def trace_one(model, case: TraceCase, grid: list[tuple[str, int, int]], sigma: f
     layers = decoder_layers(model)
     ids = torch.tensor([case.ids], device=device)
     clean: dict[tuple[str, int], torch.Tensor] = {}
-    hs = [module_of(layers[l], k).register_forward_hook(
+    hs = [module_of(model, layers[l], k).register_forward_hook(
         lambda _m, _a, out, key=(k, l): clean.__setitem__(key, _first(out)[0].clone()))
         for k in KINDS for l in range(len(layers))]
     with hooks(hs):
@@ -129,7 +131,7 @@ def trace_one(model, case: TraceCase, grid: list[tuple[str, int, int]], sigma: f
         return (t,) + tuple(out[1:]) if isinstance(out, tuple) else t
 
     hs = [model.get_input_embeddings().register_forward_hook(corrupt)]
-    hs += [module_of(layers[l], k).register_forward_hook(lambda m, a, o, key=(k, l): restore(m, a, o, key))
+    hs += [module_of(model, layers[l], k).register_forward_hook(lambda m, a, o, key=(k, l): restore(m, a, o, key))
            for (k, l) in by_module]
     with hooks(hs):
         p = model(input_ids=batch).logits[:, -1].softmax(-1)[:, case.answer_id].view(n_noise, n_rows).mean(0)

@@ -20,6 +20,7 @@ from agents.hparams import HyperParams, is_int, is_number
 from agents.methods import register_editor
 from evolution.editors.requests import (EditError, EditReport, check_finite, validate_requests,
                                 weights_restored_on_error)
+from evolution.editors.rome.repr_tools import check_layer, decoder_layers, layout
 
 MODULES = ("down_proj", "mlp")
 
@@ -30,7 +31,8 @@ class FTLHyperParams(HyperParams):
     error = EditError
 
     layer: int = 0
-    module: str = "down_proj"      # "down_proj" (ROME's FT-L) or "mlp" (gate, up and down projections)
+    module: str = "down_proj"      # "down_proj": the MLP's output projection (ROME's FT-L; GPT-2's c_proj,
+                                   # ...), or "mlp": all of the MLP's projections
     lr: float = 5e-3
     steps: int = 40
     norm_constraint: float = 5e-3  # L-inf bound on each weight's change; 0 = unconstrained
@@ -48,12 +50,14 @@ class FTLHyperParams(HyperParams):
                 "batch_size": (is_int(self.batch_size, 0), "an int >= 0 (0: all requests at once)")}
 
 
-def mlp_of(model, layer: int):
-    """The MLP of decoder layer `layer` (Llama layout), or an EditError naming the valid range."""
-    layers = model.model.layers
-    if not 0 <= layer < len(layers):
-        raise EditError(f"layer {layer} is out of range: the model has layers 0..{len(layers) - 1}")
-    return layers[layer].mlp
+def trained_weights(model, layer: int, module: str) -> list[torch.nn.Parameter]:
+    """The weights FT-L trains: layer `layer`'s MLP output projection ("down_proj", whatever the
+    family calls it), or all of its MLP's projections ("mlp"); an EditError names the valid
+    layers or the unknown family."""
+    lay = layout(model)
+    block = decoder_layers(model)[check_layer(model, layer)]
+    names = (lay.mlp_out,) if module == "down_proj" else (*lay.mlp_in, lay.mlp_out)
+    return [getattr(lay.mlp_of(block), n).weight for n in names]
 
 
 def target_batch(tokenizer, prompts: list[str], targets: list[str], device):
@@ -87,10 +91,8 @@ def ft_l(agent, requests, world=None, **hparams) -> EditReport:
     restores every weight and raises EditError."""
     hp = FTLHyperParams.read(hparams, also_known=("world",))
     model = agent.model
-    mlp = mlp_of(model, hp.layer)
+    params = trained_weights(model, hp.layer, hp.module)
     reqs = validate_requests(agent, requests, world, check_current=hp.check_current)
-    params = [mlp.down_proj.weight] if hp.module == "down_proj" else \
-        [mlp.gate_proj.weight, mlp.up_proj.weight, mlp.down_proj.weight]
     names = [n for n, p in model.named_parameters() if any(p is q for q in params)]
     t0, losses = time.time(), []
     bs = hp.batch_size or len(reqs)

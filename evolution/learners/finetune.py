@@ -26,6 +26,7 @@ import torch
 
 from agents.methods import register_learner
 from envs.facts import Fact
+from agents.architectures import layout_of
 from agents.hparams import HyperParams, is_int, is_number
 
 FORMS = ("both", "statements", "qa")
@@ -111,7 +112,7 @@ class LearnHyperParams(HyperParams):
     # LoRA only
     rank: int = 8
     alpha: float = 16.0
-    targets: tuple[str, ...] = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    targets: tuple[str, ...] = ()  # LoRA's target modules; () = the model family's (agents/architectures.py)
 
     def rules(self) -> dict[str, tuple[bool, str]]:
         return {"epochs": (is_int(self.epochs, 1), "an int >= 1"),
@@ -121,8 +122,8 @@ class LearnHyperParams(HyperParams):
                 "forms": (self.forms in FORMS, f"one of {FORMS}"),
                 "rank": (is_int(self.rank, 1), "an int >= 1"),
                 "alpha": (is_number(self.alpha, above=0), "a number > 0"),
-                "targets": (bool(self.targets) and all(isinstance(t, str) for t in self.targets),
-                            "a non-empty list of module names")}
+                "targets": (all(isinstance(t, str) and t for t in self.targets),
+                            "a list of module names (empty: the model family's)")}
 
 
 # -- the loop -------------------------------------------------------------------------------
@@ -173,23 +174,26 @@ class _Lora:
 
     def __init__(self, model, hp: LearnHyperParams):
         from peft import LoraConfig, get_peft_model
-        present = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
-        missing = [t for t in hp.targets if t not in present]
+        from transformers.pytorch_utils import Conv1D
+        targets = hp.targets or layout_of(model).lora
+        kinds = (torch.nn.Linear, Conv1D)
+        present = {n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, kinds)}
+        missing = [t for t in targets if t not in present]
         if missing:
             raise LearnError(f"lora: target module {missing[0]!r} is not a Linear layer of this model; "
                              f"available: {sorted(present)}")
         wrapped = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules()
-                          if not isinstance(m, torch.nn.Linear) and n.rsplit(".", 1)[-1] in hp.targets})
+                          if not isinstance(m, kinds) and n.rsplit(".", 1)[-1] in targets})
         if wrapped:
             raise LearnError(f"lora: module {wrapped[0]!r} is wrapped here (a WISE side memory?), peft cannot adapt "
                              "it; leave it out of targets= or learn with method='finetune'")
-        cfg = LoraConfig(r=hp.rank, lora_alpha=hp.alpha, target_modules=list(hp.targets), lora_dropout=0.0,
-                         bias="none", init_lora_weights=True)
+        cfg = LoraConfig(r=hp.rank, lora_alpha=hp.alpha, target_modules=list(targets), lora_dropout=0.0,
+                         bias="none", init_lora_weights=True, fan_in_fan_out=layout_of(model).transposed)
         torch.manual_seed(hp.seed)
         self.trained = get_peft_model(model, cfg)
         self.params = [p for p in self.trained.parameters() if p.requires_grad]
         self.extra = {"rank": hp.rank, "trainable_parameters": sum(p.numel() for p in self.params),
-                      "modules": list(hp.targets)}
+                      "modules": list(targets)}
 
     def undo(self):
         return self.trained.unload()

@@ -23,7 +23,8 @@ from evolution.editors.memit.hparams import MEMITHyperParams
 from evolution.editors.requests import EditReport, check_finite, validate_requests, weights_restored_on_error
 from evolution.editors.rome.edit_memory import prior_keys, protected, remember
 from evolution.editors.rome.layer_stats import key_covariance
-from evolution.editors.rome.repr_tools import check_layer, decoder_layers, down_proj, keys_at_subject, outputs_at_subject
+from evolution.editors.rome.repr_tools import (add_update, check_layer, decoder_layers, down_proj, keys_at_subject,
+                                               outputs_at_subject)
 
 
 def chosen_layers(agent, world, requests, hp: MEMITHyperParams) -> tuple[list[int], str]:
@@ -82,9 +83,7 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
                             if hp.mom2_update_weight else 0.0)
             upd = layer_update(keys, resid, cov, hp.mom2_update_weight, hp.ridge)
             check_finite(f"MEMIT update of layer {l}", upd, "raise mom2_update_weight or ridge")
-            mod = down_proj(agent.model, l)
-            with torch.no_grad():
-                mod.weight += upd.to(mod.weight.dtype)
+            add_update(agent.model, down_proj(agent.model, l), upd)
             norms.append(float(upd.norm()))
             written.append((l, [(s, k) for s, k in zip(subjects, keys)]))
     for l, entries in written:

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from agents.architectures import module_at
 from evolution.editors.requests import EditRequest, check_finite
-from evolution.editors.rome.repr_tools import captured_output, decoder_layers, padded, subject_index, with_target
+from evolution.editors.rome.repr_tools import (captured_output, decoder_layers, layout, padded, subject_index,
+                                              with_target)
 
 
 @dataclass
@@ -99,14 +101,19 @@ def batch_of(rw: Rows, kl: Rows, pad_id: int, device) -> Batch:
 @contextlib.contextmanager
 def blocks_from(model, start: int):
     """The model's inner stack with only blocks start.. (the rest of its forward unchanged:
-    masks, rotary positions, final norm), so `inputs_embeds` may be a mid-stack residual."""
-    inner = model.model
-    full = inner.layers
-    inner.layers = torch.nn.ModuleList(list(full)[start:])
+    masks, rotary positions, final norm), so `inputs_embeds` may be a mid-stack residual
+    (learned position embeddings, which the stack adds to its input, are silenced)."""
+    lay = layout(model)
+    inner, name = lay.stack(model)
+    full = getattr(inner, name)
+    setattr(inner, name, torch.nn.ModuleList(list(full)[start:]))
+    pos = lay.positions and module_at(model, lay.positions).register_forward_hook(lambda _m, _a, o: torch.zeros_like(o))
     try:
         yield inner
     finally:
-        inner.layers = full
+        setattr(inner, name, full)
+        if pos:
+            pos.remove()
 
 
 @torch.no_grad()
@@ -125,7 +132,7 @@ def head_logits(model, layer: int, resid: torch.Tensor, b: Batch, rows: torch.Te
     """Logits at (rows, pos) of a forward resumed from the residual after `layer`."""
     with blocks_from(model, layer + 1) as inner:
         hidden = inner(inputs_embeds=resid, attention_mask=b.mask, use_cache=False).last_hidden_state
-    return model.lm_head(hidden[rows, pos]).float()
+    return model.get_output_embeddings()(hidden[rows, pos]).float()
 
 
 def losses(model, layer: int, resid: torch.Tensor, b: Batch, delta: torch.Tensor, n: int):

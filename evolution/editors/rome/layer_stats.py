@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from agents.pretrain import cache_root
 from envs.corpus import CorpusConfig, bio_text, qa_text
 from evolution.editors.requests import EditError
-from evolution.editors.rome.repr_tools import captured_input, down_proj, keys_at_subject, padded
+from evolution.editors.rome.repr_tools import captured_input, down_proj, keys_at_subject, layout, padded
 
 MIN_KEYS_PER_DIM = 10
 
@@ -77,7 +77,7 @@ def collect_covariance(model, tokenizer, texts: list[str], layer: int, batch_siz
     """(E[k k^T] over every non-pad token, number of keys)."""
     device = next(model.parameters()).device
     mod = down_proj(model, layer)
-    d = mod.in_features
+    d = layout(model).key_width(mod)
     acc, n = torch.zeros(d, d, dtype=torch.float64, device=device), 0
     for b in range(0, len(texts), batch_size):
         ids, mask = padded(tokenizer(texts[b:b + batch_size]).input_ids, tokenizer.pad_token_id, device)

@@ -1,4 +1,5 @@
-"""Where ROME and MEMIT read and write inside a Llama-family model: one token of the subject
+"""Where ROME and MEMIT read and write inside a model (its family's layout,
+agents/architectures.py): one token of the subject
 (the last, in the papers; which one is `evolution.editors.target.key_tokens`' choice), the MLP
 down-projection's input (the key) and output (the value), and hooks that add a vector
 there. Kept apart so that every step of a method reads the model the same way.
@@ -12,17 +13,21 @@ import contextlib
 
 import torch
 
+from agents.architectures import ArchitectureError, Layout, layout_of
 from evolution.editors.requests import EditError
 
 
+def layout(model) -> Layout:
+    """The model family's layout; an EditError (the weights untouched) for an unknown family."""
+    try:
+        return layout_of(model)
+    except ArchitectureError as e:
+        raise EditError(str(e)) from None
+
+
 def decoder_layers(model):
-    """The list of transformer blocks (Llama, Mistral, Qwen: `model.model.layers`)."""
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None or not hasattr(layers[0], "mlp") or not hasattr(layers[0].mlp, "down_proj"):
-        raise EditError(f"model {type(model).__name__}: ROME/MEMIT here edit Llama-family models "
-                        "(model.model.layers[i].mlp.down_proj); this architecture is not supported")
-    return layers
+    """The list of transformer blocks."""
+    return layout(model).layers(model)
 
 
 def check_layer(model, layer) -> int:
@@ -32,8 +37,15 @@ def check_layer(model, layer) -> int:
     return layer
 
 
-def down_proj(model, layer: int) -> torch.nn.Linear:
-    return decoder_layers(model)[check_layer(model, layer)].mlp.down_proj
+def down_proj(model, layer: int) -> torch.nn.Module:
+    """Layer `layer`'s MLP output projection (Llama's down_proj, GPT-2's c_proj, ...): its input
+    is the key, its output the value."""
+    return layout(model).mlp_out_of(decoder_layers(model)[check_layer(model, layer)])
+
+
+def add_update(model, module, update: torch.Tensor) -> None:
+    """Add an [out, in] update to the projection's weight, whatever way the family stores it."""
+    layout(model).add_to_weight(module, update)
 
 
 def subject_index(tokenizer, prompt: str, subject: str, token: int = -1) -> int:

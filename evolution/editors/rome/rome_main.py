@@ -23,7 +23,7 @@ from evolution.editors.rome.compute_v import neutral_prompts, optimize_deltas
 from evolution.editors.rome.hparams import ROMEHyperParams
 from evolution.editors.rome.edit_memory import prior_keys, protected, remember
 from evolution.editors.rome.layer_stats import inverse_covariance, key_covariance
-from evolution.editors.rome.repr_tools import check_layer, down_proj
+from evolution.editors.rome.repr_tools import add_update, check_layer, down_proj
 
 
 def chosen_layer(agent, world, requests, layer: int | None) -> tuple[int, str]:
@@ -61,9 +61,8 @@ def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], co
                                      tokens=tokens)
     upd = rank_one_update(delta[0], u, k_star)
     check_finite(f"ROME update for {request.subject!r}", upd, "lower v_lr or raise ridge")
-    with torch.no_grad():
-        mod.weight += upd.to(mod.weight.dtype)
-    check_finite(f"layer {layer} down_proj after the edit", mod.weight)
+    add_update(agent.model, mod, upd)
+    check_finite(f"layer {layer}'s MLP output projection after the edit", mod.weight)
     written.append((request.subject, k_star.detach().double().cpu()))
     return {"subject": request.subject, "relation": request.relation, "target": request.target,
             "subject_token": tokens[request.subject],

@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from agents.hparams import HyperParams, is_int, is_number
 from agents.methods import register_editor
 from envs.world import claim
 from evolution.editors.ft_l import target_batch
-from agents.hparams import HyperParams, is_int, is_number
 from evolution.editors.requests import EditError, EditReport, check_finite, validate_requests
+from evolution.editors.rome.repr_tools import check_layer, down_proj, layout
 from evolution.editors.wise.memory import SideMemoryLinear, install, side_memory_of, ties_merge, uninstall
 
 MERGES = ("none", "ties")
@@ -349,11 +350,10 @@ def wise(agent, requests, world=None, **hparams) -> EditReport:
     A failure (bad input before any work; NaN during it) leaves the model, side memory
     included, as it was."""
     hp = WISEHyperParams.read(hparams, also_known=("world",))
-    if "negative_prompts" in hparams and hp.negative_prompts is not None:
-        hp.negative_prompts = tuple(hp.negative_prompts)
-    n_layers = len(agent.model.model.layers)
-    if not 0 <= hp.layer < n_layers:
-        raise EditError(f"layer {hp.layer} is out of range: the model has layers 0..{n_layers - 1}")
+    check_layer(agent.model, hp.layer)
+    if layout(agent.model).transposed:
+        raise EditError(f"wise: {type(agent.model).__name__} stores its MLP output projection transposed (Conv1D); "
+                        "the side memory wraps an nn.Linear and does not support it yet; use rome, memit or ft_l")
     mem = side_memory_of(agent.model)
     if mem is not None:
         built = getattr(mem, "structure", {})
@@ -368,7 +368,7 @@ def wise(agent, requests, world=None, **hparams) -> EditReport:
     t0, rng = time.time(), random.Random(hp.seed * 7919 + (mem.n_shards if mem else 0))
     fresh = mem is None
     snapshot = None if fresh else mem.state()
-    main_before = agent.model.model.layers[hp.layer].mlp.down_proj.weight.detach().clone()
+    main_before = down_proj(agent.model, hp.layer).weight.detach().clone()
     logs = []
     try:
         mem = install(agent.model, hp.layer)

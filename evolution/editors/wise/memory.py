@@ -32,15 +32,17 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from agents.architectures import layout_of
+
 
 class SideMemoryLinear(nn.Module):
-    """A bias-free down-projection with gated side memories."""
+    """An MLP output projection with gated side memories (its bias, where it has one, is the
+    main memory's and no edit changes it)."""
 
     def __init__(self, main: nn.Linear, layer: int):
         super().__init__()
-        if getattr(main, "bias", None) is not None:
-            raise ValueError("side memory: the down-projection has a bias; only bias-free (Llama) MLPs are supported")
         self.weight = main.weight                 # the main memory, same Parameter and key
+        self.bias = main.bias                     # None for Llama-family MLPs
         self.in_features, self.out_features = main.in_features, main.out_features
         self.layer = layer
         n, m = self.out_features, self.in_features
@@ -95,7 +97,7 @@ class SideMemoryLinear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        main = F.linear(x, self.weight)
+        main = F.linear(x, self.weight, self.bias)
         if self.train_delta is not None:
             k = self.train_shard
             delta = self.deltas[k] + self.train_delta * self.masks[k]
@@ -200,12 +202,17 @@ def install(model, layer: int) -> SideMemoryLinear:
             raise ValueError(f"layer {layer}: this model's side memory is at layer {existing.layer}; "
                              f"use layer={existing.layer} or remove it with evolution.editors.wise.uninstall")
         return existing
-    layers = model.model.layers
+    lay = layout_of(model)
+    layers = lay.layers(model)
     if not 0 <= layer < len(layers):
         raise ValueError(f"layer {layer} is out of range: the model has layers 0..{len(layers) - 1}")
-    mlp = layers[layer].mlp
-    mem = SideMemoryLinear(mlp.down_proj, layer)
-    mlp.down_proj = mem
+    if lay.transposed:
+        raise ValueError(f"{type(model).__name__}: the side memory wraps an nn.Linear MLP output projection; this "
+                         f"family stores it transposed ({type(lay.mlp_out_of(layers[layer])).__name__}), which WISE "
+                         "does not support yet; edit it with rome, memit or ft_l")
+    mlp = lay.mlp_of(layers[layer])
+    mem = SideMemoryLinear(getattr(mlp, lay.mlp_out), layer)
+    setattr(mlp, lay.mlp_out, mem)
     if _reset_carry not in model._forward_pre_hooks.values():
         model.register_forward_pre_hook(_reset_carry, with_kwargs=True)
     return mem
@@ -220,6 +227,10 @@ def uninstall(model) -> None:
         # Removed by key, not by a handle: a handle would not follow the model through deepcopy (spawn).
         del model._forward_pre_hooks[key]
         model._forward_pre_hooks_with_kwargs.pop(key, None)
-    lin = nn.Linear(mem.in_features, mem.out_features, bias=False, device=mem.weight.device, dtype=mem.weight.dtype)
+    lin = nn.Linear(mem.in_features, mem.out_features, bias=mem.bias is not None, device=mem.weight.device,
+                    dtype=mem.weight.dtype)
     lin.weight = mem.weight
-    model.model.layers[mem.layer].mlp.down_proj = lin
+    if mem.bias is not None:
+        lin.bias = mem.bias
+    lay = layout_of(model)
+    setattr(lay.mlp_of(lay.layers(model)[mem.layer]), lay.mlp_out, lin)
