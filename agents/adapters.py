@@ -86,7 +86,7 @@ def export_adapter(agent, out_dir: str | Path, rank: int = 8, strict: bool = Fal
     for pname, d in delta.items():
         mname, _, leaf = pname.rpartition(".")
         mod = modules.get(mname)
-        kind = ("linear" if isinstance(mod, torch.nn.Linear) else "linear" if isinstance(mod, Conv1D) else
+        kind = ("linear" if isinstance(mod, (torch.nn.Linear, Conv1D)) else
                 "embedding" if isinstance(mod, torch.nn.Embedding) else None)
         if leaf != "weight" or kind is None:
             report.dropped[pname] = float(d.float().norm())

@@ -69,6 +69,14 @@ def _check_requests(world: World, requests) -> None:
             raise MetricsError(f"request {i}: target {r.target!r} is not a candidate of {r.relation!r}")
 
 
+def locality_pool(world: World, requests, epoch: int = -1) -> list[tuple[str, str]]:
+    """(subject, relation) of every fact of a taught person no request edits: what
+    `locality_probe` samples from."""
+    subjects, _ = _edited(world, requests)
+    return [(p.name, r) for p in world.people if p.taught and p.name not in subjects
+            for r in world.relations_of(p.name, epoch)]
+
+
 def locality_probe(world: World, requests, n: int = 200, seed: int = 0, epoch: int = -1) -> list[Query]:
     """`n` question-form queries on facts of people no request edits, seeded (the same
     requests and seed give the same queries). Taught people only: locality asks whether
@@ -76,9 +84,7 @@ def locality_probe(world: World, requests, n: int = 200, seed: int = 0, epoch: i
     _check_requests(world, requests)
     if n < 1:
         raise MetricsError(f"n: {n}; give at least 1 locality query")
-    subjects, _ = _edited(world, requests)
-    pool = [(p.name, r) for p in world.people if p.taught and p.name not in subjects
-            for r in sorted(world.epochs[epoch][p.name])]
+    pool = locality_pool(world, requests, epoch)
     if len(pool) < n:
         raise MetricsError(f"locality_probe: the requests leave {len(pool)} facts of unedited taught people, "
                            f"fewer than n={n}; lower n, edit fewer distinct people, or use a larger world")

@@ -211,11 +211,14 @@ class World:
         CounterFact world a subject may have one)."""
         return sorted(self.epochs[epoch].get(subject, {}))
 
+    def has(self, subject: str, relation: str, epoch: int = -1) -> bool:
+        """Whether `subject` has a value for `relation` (always, in a bios world)."""
+        return relation in self.epochs[epoch].get(subject, {})
+
     def known_relation(self, subject: str, relation: str, rng, epoch: int = -1) -> str:
         """`relation` if `subject` has it, else one of the subject's own relations drawn from `rng`
         (a world where every person has every relation draws nothing here)."""
-        have = self.epochs[epoch].get(subject, {})
-        return relation if relation in have else rng.choice(sorted(have))
+        return relation if self.has(subject, relation, epoch) else rng.choice(self.relations_of(subject, epoch))
 
     def truth(self, subject: str, relation: str, epoch: int = -1) -> str:
         self.relation(relation)

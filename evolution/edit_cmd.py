@@ -77,9 +77,8 @@ def cmd_edit(args) -> int:
     requests = validate_requests(agent, requests, world, check_current=not args.allow_current)
     in_world = world is not None and all(r.subject in {p.name for p in world.people} for r in requests)
     if in_world:
-        from analysis.edit_metrics import MetricsError, edit_baseline, evaluate_edits
-        edited = {r.subject for r in requests}
-        others = sum(len(world.relations_of(p.name)) for p in world.people if p.taught and p.name not in edited)
+        from analysis.edit_metrics import MetricsError, edit_baseline, evaluate_edits, locality_pool
+        others = len(locality_pool(world, requests))
         n_loc = min(args.locality, others)
         try:
             baseline = edit_baseline(agent, world, requests, n_locality=n_loc, n_bios=20)

@@ -143,7 +143,7 @@ def known_cases(agent, world, n_facts: int, seed: int = 0, relations=None) -> li
     rng = random.Random(seed)
     people = [p.name for p in world.people if p.taught]
     rels = sorted(relations or world.relations)
-    pool = [(s, r) for s in people for r in rels if r in world.epochs[-1][s]]
+    pool = [(s, r) for s in people for r in rels if world.has(s, r)]
     rng.shuffle(pool)
     queries = [world.query(s, r, "question") for s, r in pool[:max(4 * n_facts, n_facts)]]
     beliefs = agent.beliefs(queries)

@@ -124,8 +124,9 @@ class _ProtocolGame:
                 "round": self.round, "peer_answers": [c.object for c in plan.shown[0] if c.about(self.query)],
                 "support_query": sq}
 
-    def observe(self, aid: str) -> np.ndarray:
-        raw = self.info(aid)["text"].encode("utf-8")
+    def observe(self, aid: str, info: dict | None = None) -> np.ndarray:
+        """`info`'s text (by default `aid`'s info now) as the observation's bytes."""
+        raw = (info or self.info(aid))["text"].encode("utf-8")
         if len(raw) > self.max_bytes:
             raise ProtocolError(f"max_bytes: the observation of {aid} is {len(raw)} bytes; build the env "
                                 f"with max_bytes >= {len(raw)}")
@@ -206,7 +207,8 @@ class ProtocolParallelEnv(_GameEnv, ParallelEnv):
     def reset(self, seed=None, options=None):
         self.game.start(seed, options)
         self.agents = list(self.possible_agents)
-        return {a: self.game.observe(a) for a in self.agents}, {a: self.game.info(a) for a in self.agents}
+        infos = {a: self.game.info(a) for a in self.agents}
+        return {a: self.game.observe(a, infos[a]) for a in self.agents}, infos
 
     def step(self, actions):
         missing = [a for a in self.agents if a not in actions]
@@ -215,8 +217,8 @@ class ProtocolParallelEnv(_GameEnv, ParallelEnv):
         rewards = {a: self.game.act(a, actions[a]) for a in self.agents}
         end = self.game.end_round()
         live = list(self.agents)
-        obs = {a: self.game.observe(a) for a in live}
         infos = {a: self.game.info(a) for a in live}
+        obs = {a: self.game.observe(a, infos[a]) for a in live}
         terms = {a: end for a in live}
         truncs = {a: False for a in live}
         if end:

@@ -86,10 +86,19 @@ def test_every_method_on_a_family_slow(family, small_world, tmp_path):
     _check_family(family, small_world, tmp_path)
 
 
-def test_an_unknown_family_is_refused_with_the_known_ones():
+def test_an_unknown_family_is_refused_with_the_known_ones(small_agent, small_world):
     import transformers as T
 
+    from agents.agent import Agent
     from agents.architectures import ArchitectureError, layout_of
-    m = T.AutoModelForCausalLM.from_config(T.BloomConfig(vocab_size=50, hidden_size=16, n_layer=1, n_head=2))
+    from evolution.editors.requests import EditError
+    tok = small_agent.tokenizer
+    m = T.AutoModelForCausalLM.from_config(T.BloomConfig(vocab_size=len(tok), hidden_size=16, n_layer=1, n_head=2))
     with pytest.raises(ArchitectureError, match=r"model_type 'bloom'.*known: \['gpt2'.*register_layout"):
         layout_of(m)
+    agent = Agent(m, tok)
+    with pytest.raises(EditError, match="model_type 'bloom'"):
+        agent.edit([("Kara", "company", "Acorn Labs", "Kara works at")], method="rome", check_current=False)
+    # LoRA with targets named by the user needs no layout
+    agent.learn(small_world.facts()[:2], "lora", world=small_world, epochs=1, targets=["query_key_value"])
+    assert agent.delta()

@@ -110,7 +110,7 @@ def counterfactual_requests(world, n: int, seed: int = 0, relations: Iterable[st
                                                                   if r not in world.derived)
     people = sorted(subjects) if subjects is not None else sorted(
         p.name for p in world.people if p.taught or not taught_only)
-    has = lambda s: [r for r in rels if r in world.epochs[-1].get(s, {})]    # a CounterFact subject: some
+    has = lambda s: [r for r in rels if world.has(s, r)]    # a CounterFact subject has some
     people = [s for s in people if has(s)]
     if distinct_subjects:
         if n > len(people):
@@ -122,8 +122,7 @@ def counterfactual_requests(world, n: int, seed: int = 0, relations: Iterable[st
         if n > len(facts):
             raise EditError(f"n: {n} edits on distinct facts but only {len(facts)} (person, relation) pairs")
         pairs = rng.sample(facts, n)
-    seen = {r: {world.truth(p.name, r) for p in world.people if p.taught and r in world.epochs[-1][p.name]}
-            for r in rels}
+    seen = {r: {world.truth(p.name, r) for p in world.people if p.taught and world.has(p.name, r)} for r in rels}
     current = [b.answer for b in agent.beliefs([world.query(s, r) for s, r in pairs])] if agent is not None \
         else [None] * len(pairs)
     out = []

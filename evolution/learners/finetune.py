@@ -24,10 +24,10 @@ from dataclasses import dataclass
 
 import torch
 
-from agents.methods import register_learner
-from envs.facts import Fact
 from agents.architectures import layout_of
 from agents.hparams import HyperParams, is_int, is_number
+from agents.methods import register_learner
+from envs.facts import Fact
 
 FORMS = ("both", "statements", "qa")
 
@@ -187,8 +187,9 @@ class _Lora:
         if wrapped:
             raise LearnError(f"lora: module {wrapped[0]!r} is wrapped here (a WISE side memory?), peft cannot adapt "
                              "it; leave it out of targets= or learn with method='finetune'")
+        conv = any(isinstance(m, Conv1D) and n.rsplit(".", 1)[-1] in targets for n, m in model.named_modules())
         cfg = LoraConfig(r=hp.rank, lora_alpha=hp.alpha, target_modules=list(targets), lora_dropout=0.0,
-                         bias="none", init_lora_weights=True, fan_in_fan_out=layout_of(model).transposed)
+                         bias="none", init_lora_weights=True, fan_in_fan_out=conv)
         torch.manual_seed(hp.seed)
         self.trained = get_peft_model(model, cfg)
         self.params = [p for p in self.trained.parameters() if p.requires_grad]

@@ -34,8 +34,9 @@ from agents.methods import register_editor
 from envs.world import claim
 from evolution.editors.ft_l import target_batch
 from evolution.editors.requests import EditError, EditReport, check_finite, validate_requests
-from evolution.editors.rome.repr_tools import check_layer, down_proj, layout
-from evolution.editors.wise.memory import SideMemoryLinear, install, side_memory_of, ties_merge, uninstall
+from evolution.editors.rome.repr_tools import check_layer, down_proj
+from evolution.editors.wise.memory import (SideMemoryLinear, check_wrappable, install, side_memory_of, ties_merge,
+                                           uninstall)
 
 MERGES = ("none", "ties")
 STRUCTURE = ("layer", "mask_ratio", "shard_size", "merge")   # fixed once a model has a side memory
@@ -153,7 +154,7 @@ def subject_start(tokenizer, prompt: str, subject: str) -> int:
 def _asked(world, people: list[str], relation: str, rng: random.Random) -> tuple[str, str]:
     """A person of `people` who has `relation` (every one in a bios world) and the relation;
     where nobody has it, a person and one of its own relations."""
-    have = [p for p in people if relation in world.epochs[-1][p]]
+    have = [p for p in people if world.has(p, relation)]
     if have:
         return rng.choice(have), relation
     s = rng.choice(people)
@@ -351,9 +352,10 @@ def wise(agent, requests, world=None, **hparams) -> EditReport:
     included, as it was."""
     hp = WISEHyperParams.read(hparams, also_known=("world",))
     check_layer(agent.model, hp.layer)
-    if layout(agent.model).transposed:
-        raise EditError(f"wise: {type(agent.model).__name__} stores its MLP output projection transposed (Conv1D); "
-                        "the side memory wraps an nn.Linear and does not support it yet; use rome, memit or ft_l")
+    try:
+        check_wrappable(agent.model)
+    except ValueError as e:
+        raise EditError(str(e)) from None
     mem = side_memory_of(agent.model)
     if mem is not None:
         built = getattr(mem, "structure", {})

@@ -193,6 +193,13 @@ def _reset_carry(model, args, kwargs):
     return None
 
 
+def check_wrappable(model) -> None:
+    """Raise ValueError where the side memory cannot wrap the model's MLP output projection."""
+    if layout_of(model).transposed:
+        raise ValueError(f"wise: {type(model).__name__} stores its MLP output projection transposed (Conv1D); the "
+                         "side memory wraps an nn.Linear and does not support it yet; use rome, memit or ft_l")
+
+
 def install(model, layer: int) -> SideMemoryLinear:
     """Replace layer `layer`'s down-projection with a side-memory module (idempotent for the
     same layer; another layer is an error: one model holds one side memory)."""
@@ -206,10 +213,7 @@ def install(model, layer: int) -> SideMemoryLinear:
     layers = lay.layers(model)
     if not 0 <= layer < len(layers):
         raise ValueError(f"layer {layer} is out of range: the model has layers 0..{len(layers) - 1}")
-    if lay.transposed:
-        raise ValueError(f"{type(model).__name__}: the side memory wraps an nn.Linear MLP output projection; this "
-                         f"family stores it transposed ({type(lay.mlp_out_of(layers[layer])).__name__}), which WISE "
-                         "does not support yet; edit it with rome, memit or ft_l")
+    check_wrappable(model)
     mlp = lay.mlp_of(layers[layer])
     mem = SideMemoryLinear(getattr(mlp, lay.mlp_out), layer)
     setattr(mlp, lay.mlp_out, mem)
