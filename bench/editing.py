@@ -4,6 +4,7 @@
     python -m bench.editing sequential [--n 1000]  [--checkpoints 10,100,1000] [--methods ...]
     python -m bench.editing batch      [--n 1000]  (MEMIT, every edit in one call)
     python -m bench.editing neighbours [--n 100]   [--methods rome,rome:subject_token=-3,...]
+    python -m bench.editing cli        [--n 20]    (`knowevo edit` as a new user runs it)
     python -m bench.editing report                 (tables + plot from what is stored)
 
 A method may carry hyperparameters: `--methods wise:shard_size=10:merge=ties`.
@@ -42,10 +43,13 @@ from envs.world import World
 from evolution.overrides import flat_sets
 from evolution.editors.requests import counterfactual_requests
 
-METHODS = ("rome", "memit", "ft_l", "wise", "finetune")
+METHODS = ("rome", "memit", "ft_l", "wise", "memoir", "finetune")
 STORE = DOC.parent / "bench_data" / "editing.json"
 PLOT = DOC.parent / "img" / "editing_sequential.png"
-METRICS = ("reliability", "generalization", "locality", "locality_same_person", "portability", "fluency")
+METRICS = ("reliability", "generalization", "locality", "locality_same_person", "portability", "bio_ppl_ratio")
+# the same by greedy generation, and EasyEdit's fluency (n-gram entropy of generated text)
+GEN_METRICS = ("reliability_gen", "generalization_gen", "locality_gen", "locality_same_person_gen",
+               "portability_gen", "fluency")
 # plain fine-tuning (the `finetune` learner on the fact's statements and questions) as the
 # baseline every editor should beat on locality; the editors run with their defaults
 FINETUNE = dict(epochs=5, lr=1e-3, batch_size=16)
@@ -82,7 +86,12 @@ def apply_edit(agent: Agent, world: World, requests, method: str) -> dict:
 
 # -- storage: one JSON list of rows, keyed by (experiment, method, edits) ----------------------
 def load_rows() -> list[dict]:
-    return json.loads(STORE.read_text()) if STORE.exists() else []
+    """Stored rows; rows measured before the rename read their `fluency` as `bio_ppl_ratio`."""
+    rows = json.loads(STORE.read_text()) if STORE.exists() else []
+    for r in rows:
+        if "bio_ppl_ratio" not in r and "fluency" in r:
+            r["bio_ppl_ratio"] = r.pop("fluency")
+    return rows
 
 
 def save_row(row: dict) -> None:
@@ -122,7 +131,7 @@ def run_single(base: Agent, world: World, n: int, methods) -> None:
                 print(f"single/{method}: {i + 1}/{n} edits, {sum(seconds) / len(seconds):.2f} s/edit", flush=True)
         df = pd.DataFrame(per)
         row = {"experiment": "single", "method": method, "edits": n, "failed": fails,
-               "s/edit": sum(seconds) / n, **{m: float(df[m].astype(float).mean()) for m in METRICS}}
+               "s/edit": sum(seconds) / n, **{m: float(df[m].astype(float).mean()) for m in METRICS + GEN_METRICS}}
         save_row(row)
         print(row, flush=True)
 
@@ -183,15 +192,53 @@ def run_sequential(base: Agent, world: World, n: int, checkpoints: list[int], me
                 t_eval = time.time()
                 m = evaluate_edits(agent, world, reqs[:i], before=baseline)
                 row = {"experiment": "sequential", "method": method, "edits": i, "failed": fails,
-                       "s/edit": spent / i, "eval s": round(time.time() - t_eval, 1),
+                       "s/edit": spent / i, "eval s": round(time.time() - t_eval, 1), "agent MB": agent_mb(agent),
                        "stopped": "time budget" if over and i not in checkpoints else "",
-                       **{k: float(m[k]) if m[k] is not None else float("nan") for k in METRICS}}
+                       **{k: float(m[k]) if m.get(k) is not None else float("nan") for k in METRICS + GEN_METRICS}}
                 save_row(row)
                 print(row, flush=True)
             if over:
                 print(f"sequential/{method}: stopped after {i} edits ({max_minutes} min budget); later "
                       "checkpoints not measured", flush=True)
                 break
+
+
+def run_cli(base: Agent, world: World, n: int, methods) -> None:
+    """`knowevo edit --method M` with `n` requests (distinct people) on the default model, as a
+    new user runs it: every request in one call, metrics from the command's metrics.json."""
+    import tempfile
+    from pathlib import Path
+
+    from evolution.cli import main as knowevo
+    reqs = counterfactual_requests(world, n, seed=0, agent=base)
+    for method in methods:
+        if done("cli", method, n):
+            print(f"cli/{method}: stored, skipped")
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            f = Path(tmp) / "requests.jsonl"
+            f.write_text("".join(json.dumps(r.to_dict()) + "\n" for r in reqs))
+            t0 = time.perf_counter()
+            name, hp = method_spec(method)
+            sets = [x for k, v in hp.items() for x in ("--set", f"{k}={json.dumps(v)}")]
+            rc = knowevo(["edit", "--model", str(pretrained_dir(PretrainConfig(), progress=False)), "--method", name,
+                          "--requests", str(f), "--out", str(Path(tmp) / "out")] + sets)
+            seconds = time.perf_counter() - t0
+            m = json.loads((Path(tmp) / "out" / "metrics.json").read_text())["metrics"] if rc == 0 else {}
+        row = {"experiment": "cli", "method": method, "edits": n, "failed": n if rc else 0, "seconds": seconds,
+               "s/edit": seconds / n,
+               **{k: float(m[k]) if m.get(k) is not None else float("nan") for k in METRICS + GEN_METRICS}}
+        save_row(row)
+        print(row, flush=True)
+
+
+def agent_mb(agent: Agent) -> float:
+    """What the agent holds beyond the shared base: its weight delta and its method state
+    (edit memory, a side memory, a routed memory), in MB as saved (float32)."""
+    from agents.state import state_tensors, take_extensions
+    tensors, _ = state_tensors({**agent.state, **take_extensions(agent.model)})
+    held = list(agent.delta().values()) + list(tensors.values())
+    return round(sum(t.numel() * t.element_size() for t in held) / 2 ** 20, 3)
 
 
 def run_batch(base: Agent, world: World, n: int) -> None:
@@ -202,7 +249,7 @@ def run_batch(base: Agent, world: World, n: int) -> None:
     m = evaluate_edits(agent, world, reqs, before=baseline)
     row = {"experiment": "batch", "method": "memit", "edits": n, "failed": n if res["failed"] else 0,
            "seconds": res["seconds"], "s/edit": res["seconds"] / n, "error": res["error"],
-           **{k: float(m[k]) if m[k] is not None else float("nan") for k in METRICS}}
+           **{k: float(m[k]) if m.get(k) is not None else float("nan") for k in METRICS + GEN_METRICS}}
     save_row(row)
     print(row, flush=True)
 
@@ -234,29 +281,38 @@ def report() -> None:
     if rows.empty:
         raise SystemExit(f"nothing stored in {STORE}; run `python -m bench.editing single` first")
     cols = ["failed", "s/edit", "reliability", "generalization", "locality", "locality_same_person",
-            "portability", "fluency"]
+            "portability", "bio_ppl_ratio"]
+    gen_cols = [c for c in GEN_METRICS if c in rows]
     note = ("Default model (300 people, seed 0). reliability = edit prompt answered with the target; "
             "generalization = the 2 held-out question paraphrases; locality = unchanged answers on 200 "
             "facts of people no edit touches; locality_same_person = the edited people's other relations "
             "unchanged; portability = company city follows a company edit (where the city changes); "
-            "fluency = perplexity of 20 untouched bios before / after (1 = unchanged). Argmax over each "
-            "relation's closed candidate set. `finetune` = plain full fine-tuning on the fact's texts "
+            "bio_ppl_ratio = perplexity of 20 untouched bios before / after (1 = unchanged; called fluency "
+            "before 2026-12-03). Argmax over each relation's closed candidate set. The `*_gen` tables score "
+            "the same edits by greedy generation: the continuation begins with the target's words (locality: "
+            "its first words are the unedited model's; see the reading below for the sequential rows); fluency = "
+            "EasyEdit's n-gram entropy (bits) of 40 tokens generated from 20 edit prompts. Rows "
+            "without generation figures were measured before generation scoring existed. `finetune` = plain full fine-tuning on the fact's texts "
             f"({FINETUNE}). locality_same_person is nan where no relation of an edited person is left unedited "
             "(1,000 sequential edits cover nearly every fact of the people they draw from). Timings on 2 "
             "CPU cores shared with other runs (`measured` gives the load average, and the threads where "
             "they were recorded); rows without a thread count ran with 1 thread.")
-    cols += [c for c in ("stopped", "measured") if c in rows]   # absent from rows of older stores
-    rows = rows.assign(**{c: rows[c].fillna("") for c in ("stopped", "measured") if c in rows})
+    cols += [c for c in ("agent MB", "stopped", "measured") if c in rows]   # absent from rows of older stores
+    rows = rows.assign(**{c: rows[c].fillna("") for c in ("agent MB", "stopped", "measured") if c in rows})
     parts = []
     single = rows[rows.experiment == "single"]
     if not single.empty:
         parts.append("### 100 single counterfactual edits (each on a fresh copy)\n\n" +
-                     md_table(single.set_index("method")[[c for c in cols if c != "stopped"]]))
+                     md_table(single.set_index("method")[[c for c in cols if c not in ("stopped", "agent MB")]]))
     seq = rows[rows.experiment == "sequential"]
     if not seq.empty:
         plot_sequential(seq)
         t = seq.sort_values(["method", "edits"]).set_index(["method", "edits"])[cols]
-        parts.append("### Sequential edits (metrics over every edit so far)\n\n" + md_table(t) +
+        gen = seq.dropna(subset=gen_cols[:1]) if gen_cols else seq.iloc[:0]
+        gen_t = ("\n\nThe same, by greedy generation:\n\n" +
+                 md_table(gen.sort_values(["method", "edits"]).set_index(["method", "edits"])[gen_cols])) \
+            if not gen.empty else ""
+        parts.append("### Sequential edits (metrics over every edit so far)\n\n" + md_table(t) + gen_t +
                      "\n\n`stopped: time budget`: the method ran out of its `--max-minutes` there; the row is "
                      "measured where it stopped and later checkpoints were not reached." +
                      f"\n\n![sequential editing]({PLOT.relative_to(DOC.parent)})")
@@ -268,17 +324,23 @@ def report() -> None:
                      "\n\nkept = the neighbour's answer on the edited relation is what the unedited model said; "
                      "now the target = it is the edit's target. `rome` edits the token tracing picks "
                      "(`evolution.editors.target.key_tokens`); `subject_token=-3` is the first name, -1 the last.")
+    cli = rows[rows.experiment == "cli"]
+    if not cli.empty:
+        parts.append("### `knowevo edit` on a fresh default model (every request in one call, distinct people)\n\n" +
+                     md_table(cli.sort_values("edits").set_index(["method", "edits"])
+                              [["seconds"] + [c for c in cols if c not in ("stopped", "agent MB")] +
+                               [c for c in gen_cols if c in cli]]))
     batch = rows[rows.experiment == "batch"]
     if not batch.empty:
         parts.append("### MEMIT, all edits in one batch\n\n" +
                      md_table(batch.sort_values("edits").set_index(["method", "edits"])
-                              [["seconds"] + [c for c in cols if c != "stopped"]]))
+                              [["seconds"] + [c for c in cols if c not in ("stopped", "agent MB")]]))
     write_section("editing", "Knowledge editing: single, sequential and batch", "\n\n".join(parts + [note]))
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("experiment", choices=("single", "sequential", "batch", "neighbours", "report"))
+    ap.add_argument("experiment", choices=("single", "sequential", "batch", "neighbours", "cli", "report"))
     ap.add_argument("--n", type=int, default=None, help="edits (single: 100, sequential/batch: 1000)")
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--checkpoints", default="10,100,1000")
@@ -296,6 +358,8 @@ def main() -> None:
             run_single(base, world, args.n or 100, methods)
         elif args.experiment == "neighbours":
             run_neighbours(base, world, args.n or 100, methods)
+        elif args.experiment == "cli":
+            run_cli(base, world, args.n or 20, methods)
         elif args.experiment == "sequential":
             cps = sorted(int(c) for c in args.checkpoints.split(","))
             run_sequential(base, world, args.n or max(cps), cps, methods, args.max_minutes)

@@ -51,6 +51,9 @@ def _write_outputs(agent, args, result, src: Path, out: Path, adapter_tmp: Path 
         from evolution.editors.wise.persist import save_side_memory
         save_side_memory(agent, out)
         result["side_memory"] = "wise.safetensors (load with evolution.editors.wise.persist.load_side_memory)"
+    from evolution.editors.memoir.memory import memory_of
+    if memory_of(agent.model) is not None:        # MEMOIR edits live in its memory, saved as agent state
+        result["memory"] = "memoir: in state.safetensors beside the model; Agent.load(dir) brings it back"
     for extra in ("world.json", "knowevo.json"):
         if (src / extra).is_file():
             shutil.copyfile(src / extra, out / extra)
@@ -114,7 +117,7 @@ def cmd_edit(args) -> int:
 def add_edit_parser(sub) -> None:
     e = sub.add_parser("edit", help="edit facts in a model dir (ROME, MEMIT, ...) and write the edited model")
     e.add_argument("--model", required=True, help="model dir (knowevo pretrain output or a HF checkpoint)")
-    e.add_argument("--method", default="rome", help="editor: rome, memit, ft_l, wise, an entry point of knowevo.editors, or package.module:function")
+    e.add_argument("--method", default="rome", help="editor: rome, memit, ft_l, wise, memoir, an entry point of knowevo.editors, or package.module:function")
     e.add_argument("--requests", required=True, help='JSON lines: {"subject", "relation", "target"[, "prompt"]}')
     e.add_argument("--out", required=True, help="new directory for the edited model and metrics.json")
     e.add_argument("--world", default=None, help="world.json (default: the one in --model)")

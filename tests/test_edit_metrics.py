@@ -28,8 +28,12 @@ def test_unedited_agent_scores_no_change(small_agent, small_world, setup):
     # Nothing changed, so everything measured against the baseline is exactly unchanged.
     assert m["locality"] == 1.0 and m["n_locality"] == 30
     assert m["locality_same_person"] == 1.0 and m["n_locality_same_person"] > 0
-    assert m["fluency"] == pytest.approx(1.0) and m["perplexity_before"] == pytest.approx(m["perplexity_after"])
+    assert m["bio_ppl_ratio"] == pytest.approx(1.0) and m["perplexity_before"] == pytest.approx(m["perplexity_after"])
     assert m["baseline"] == "before"
+    # By generation too: the same model generates the same continuations, and not the targets.
+    assert m["locality_gen"] == 1.0 and m["locality_same_person_gen"] == 1.0
+    assert m["reliability_gen"] == 0.0
+    assert m["fluency"] > 1.0          # n-gram entropy (bits) of generated text
     if m["n_portability"]:
         assert m["portability"] == 0.0   # the old company's city is still answered
 
@@ -38,18 +42,19 @@ def test_metrics_see_a_destructive_edit(small_agent, small_world, setup):
     reqs, base = setup
     agent = small_agent.spawn("edited")
     # A loose FT-L (L-inf 0.1 on layer 0's down-projection, all 40 steps): measured
-    # reliability 1.0, locality .37, same person .11, fluency .45 on these 4 requests.
+    # reliability 1.0, locality .37, same person .11, bio perplexity ratio .45 on these 4 requests.
     agent.edit(reqs, method="ft_l", world=small_world, layer=0, norm_constraint=0.1, lr=1e-2, stop_loss=0.0)
     m = evaluate_edits(agent, small_world, reqs, before=base)
     assert m["reliability"] >= 0.75
     assert m["locality"] <= 0.6 and m["locality_same_person"] <= 0.5
-    assert m["fluency"] < 0.8
+    assert m["bio_ppl_ratio"] < 0.8
+    assert m["locality_gen"] <= 0.7      # generation sees the damage too
 
 
 def test_without_baseline_locality_is_accuracy(small_agent, small_world, setup):
     reqs, _ = setup
     m = evaluate_edits(small_agent, small_world, reqs, before=None, n_locality=30)
-    assert m["baseline"] == "truth" and m["fluency"] is None
+    assert m["baseline"] == "truth" and m["bio_ppl_ratio"] is None and "locality_gen" not in m
     assert m["locality"] >= 0.9   # the small model knows ~98% of taught facts (measured 1.0 here)
 
 
@@ -93,3 +98,11 @@ def test_bad_input_is_a_clear_error(small_agent, small_world, setup):
     with pytest.raises(MetricsError, match="empty"):
         evaluate_edits(small_agent, small_world, [])
     assert isinstance(setup[1], EditBaseline)
+
+
+def test_ngram_entropy_scores_repetition_low():
+    from analysis.edit_metrics import ngram_entropy
+    varied = "the birth city of Ann Lee is Boston and she works for Acorn Labs in Denver"
+    assert ngram_entropy("Boston Boston Boston Boston Boston Boston") == 0.0
+    assert ngram_entropy(varied) > 3.0
+

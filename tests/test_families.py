@@ -41,7 +41,7 @@ def _check_family(family: str, small_world, tmp_path):
             if agent.beliefs([world.query(r.subject, r.relation)])[0].correct][:3]
     assert len(reqs) == 3
     landed = {}
-    for method in ("rome", "memit", "ft_l", "wise"):
+    for method in ("rome", "memit", "ft_l", "wise", "memoir"):
         a = agent.spawn(method)
         if method == "wise" and family == "gpt2":
             with pytest.raises(EditError, match="Conv1D"):     # the side memory wraps an nn.Linear

@@ -108,7 +108,7 @@ def test_a_counterfact_world_loads_with_subjects_of_one_relation(counterfact):
     assert len(beliefs) == len(NAMES) and sum(b.correct for b in beliefs) / len(beliefs) >= 0.9
 
 
-@pytest.mark.parametrize("method", ["rome", "memit", "ft_l", "wise"])
+@pytest.mark.parametrize("method", ["rome", "memit", "ft_l", "wise", "memoir"])
 def test_every_editor_and_the_metrics_run_on_a_counterfact_world(method, counterfact):
     """Before: requests, ROME, MEMIT and WISE failed with "('Jeff Kent', 'P103') has no value in
     epoch -1" (the code assumed every subject has every relation)."""

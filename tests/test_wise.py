@@ -31,11 +31,11 @@ def test_edits_take_and_main_memory_is_untouched(small_agent, small_world, edite
     m = evaluate_edits(agent, small_world, reqs, before=base)
     assert [r.details["shards"] for r in reports] == [1, 2, 3]   # one shard per edit (the default)
     # Measured (3 edits): reliability 1, generalization .5 (3 of 6 held-out paraphrases),
-    # locality 1 (40/40), same person 1 (15/15), fluency .997 (bios rarely open the gate).
+    # locality 1 (40/40), same person 1 (15/15), bio perplexity ratio .997 (bios rarely open the gate).
     assert m["reliability"] == 1.0
     assert m["generalization"] >= 0.33
     assert m["locality"] >= 0.95 and m["locality_same_person"] >= 0.8
-    assert m["fluency"] == pytest.approx(1.0, abs=0.02)
+    assert m["bio_ppl_ratio"] == pytest.approx(1.0, abs=0.02)
 
 
 def test_gate_opens_for_edits_not_for_others(small_world, edited):

@@ -11,9 +11,9 @@ from evolution.editors.requests import EditError
 
 
 @dataclass
-class KeyValueHyperParams(HyperParams):
-    """What ROME and MEMIT share: where the key is read, how the new value is found, and the
-    covariance that keeps other keys' outputs."""
+class ValueHyperParams(HyperParams):
+    """Where the key is read and how the new value is found (optimize_deltas): what ROME, MEMIT
+    and MEMOIR share."""
     error = EditError
 
     subject_token: int | None = None  # the subject's token edited (-1 last, as the paper); None: tracing's
@@ -30,24 +30,36 @@ class KeyValueHyperParams(HyperParams):
     paraphrases: bool = True          # also rewrite the relation's training question forms
     statements: bool = True           # and its bio sentences cut before the object (compute_u.prompt_forms)
     keep_other_relations: bool = True  # also hold the subject's other questions (needs a world)
-    stats_texts: int | list[str] = 400  # the key covariance's corpus: how many of the world's texts (>= 10x
-                                      # d_ff keys), or the texts themselves (a model without a world)
-    subject_weight: float = 1.0       # weight of subject keys in C (layer_stats: 0 -> others get 32% of an edit)
-    protect_weight: float = 1.0       # earlier edits' keys in C (edit_memory), in units of one key; 0: plain
-    ridge: float = 1e-2               # ridge on the covariance, relative to its mean eigenvalue
     seed: int = 0
 
     def rules(self) -> dict[str, tuple[bool, str]]:
         out = {"subject_token": (self.subject_token is None or is_int(self.subject_token), "an int (-1: the last) or null"),
                "n_prefixes": (is_int(self.n_prefixes, 0), "an int >= 0"),
                "v_steps": (is_int(self.v_steps, 1), "an int >= 1"),
-               "stats_texts": (is_int(self.stats_texts, 1) or (isinstance(self.stats_texts, (list, tuple))
+               "v_lr": (is_number(self.v_lr, above=0), "a number > 0")}
+        for nm in ("v_weight_decay", "clamp_norm_factor", "kl_factor"):
+            out[nm] = (is_number(getattr(self, nm), least=0), "a finite number >= 0")
+        return out
+
+
+@dataclass
+class KeyValueHyperParams(ValueHyperParams):
+    """What ROME and MEMIT share beside the value: the covariance that keeps other keys' outputs."""
+
+    stats_texts: int | list[str] = 400  # the key covariance's corpus: how many of the world's texts (>= 10x
+                                      # d_ff keys), or the texts themselves (a model without a world)
+    subject_weight: float = 1.0       # weight of subject keys in C (layer_stats: 0 -> others get 32% of an edit)
+    protect_weight: float = 1.0       # earlier edits' keys in C (edit_memory), in units of one key; 0: plain
+    ridge: float = 1e-2               # ridge on the covariance, relative to its mean eigenvalue
+
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        out = super().rules()
+        out.update({"stats_texts": (is_int(self.stats_texts, 1) or (isinstance(self.stats_texts, (list, tuple))
                                                                 and len(self.stats_texts) > 0
                                                                 and all(isinstance(t, str) and t.strip()
                                                                         for t in self.stats_texts)),
-                               "an int >= 1 (texts drawn from the world) or a non-empty list of texts"),
-               "v_lr": (is_number(self.v_lr, above=0), "a number > 0")}
-        for nm in ("v_weight_decay", "clamp_norm_factor", "kl_factor", "ridge", "subject_weight", "protect_weight"):
+                               "an int >= 1 (texts drawn from the world) or a non-empty list of texts")})
+        for nm in ("ridge", "subject_weight", "protect_weight"):
             out[nm] = (is_number(getattr(self, nm), least=0), "a finite number >= 0")
         return out
 

@@ -73,20 +73,28 @@ def stats_path(base_hash: str, world_hash: str, layer: int, n_texts: int, kind: 
 
 
 @torch.no_grad()
-def collect_covariance(model, tokenizer, texts: list[str], layer: int, batch_size: int = 64):
-    """(E[k k^T] over every non-pad token, number of keys)."""
+def collect_moments(model, tokenizer, texts: list[str], layer: int, batch_size: int = 64):
+    """(E[k], E[k k^T], number of keys) over every non-pad token of `texts`."""
     device = next(model.parameters()).device
     mod = down_proj(model, layer)
     d = layout(model).key_width(mod)
-    acc, n = torch.zeros(d, d, dtype=torch.float64, device=device), 0
+    acc, tot, n = torch.zeros(d, d, dtype=torch.float64, device=device), torch.zeros(d, dtype=torch.float64,
+                                                                                     device=device), 0
     for b in range(0, len(texts), batch_size):
         ids, mask = padded(tokenizer(texts[b:b + batch_size]).input_ids, tokenizer.pad_token_id, device)
         with captured_input(mod) as box:
             model(input_ids=ids, attention_mask=mask)
         k = box[0][mask.bool()].double()
         acc += k.T @ k
+        tot += k.sum(0)
         n += k.shape[0]
-    return (acc / max(n, 1)).cpu(), n
+    return (tot / max(n, 1)).cpu(), (acc / max(n, 1)).cpu(), n
+
+
+def collect_covariance(model, tokenizer, texts: list[str], layer: int, batch_size: int = 64):
+    """(E[k k^T] over every non-pad token, number of keys)."""
+    _, mom2, n = collect_moments(model, tokenizer, texts, layer, batch_size)
+    return mom2, n
 
 
 def _cached(path: Path, compute) -> torch.Tensor:
@@ -162,3 +170,19 @@ def inverse_covariance(cov: torch.Tensor, ridge: float) -> torch.Tensor:
     d = cov.shape[0]
     lam = ridge * torch.trace(cov) / d
     return torch.linalg.inv(cov + lam * torch.eye(d, dtype=cov.dtype))
+
+
+def whitening(acts: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, C^(-1/2)) of activations (N, m), with a ridge relative to C's mean eigenvalue: keys
+    read as C^(-1/2) (a - mean) are nearly orthogonal for different inputs (WISE's gate, MEMOIR's masks)."""
+    mu = acts.mean(0)
+    xc = (acts - mu).double()
+    return mu, inverse_sqrt(xc.T @ xc / max(1, len(xc) - 1), ridge).to(acts.dtype)
+
+
+def inverse_sqrt(cov: torch.Tensor, ridge: float) -> torch.Tensor:
+    """(C + ridge * mean eigenvalue * I)^(-1/2), float64."""
+    cov = cov.double() + ridge * cov.diagonal().double().mean() * torch.eye(cov.shape[0], dtype=torch.float64,
+                                                                          device=cov.device)
+    vals, vecs = torch.linalg.eigh(cov)
+    return (vecs * vals.clamp(min=1e-12).rsqrt()) @ vecs.T

@@ -34,6 +34,7 @@ from agents.methods import register_editor
 from envs.world import claim
 from evolution.editors.ft_l import target_batch
 from evolution.editors.requests import EditError, EditReport, check_finite, validate_requests
+from evolution.editors.rome.layer_stats import whitening
 from evolution.editors.rome.repr_tools import check_layer, down_proj
 from evolution.editors.wise.memory import (SideMemoryLinear, check_wrappable, install, side_memory_of, ties_merge,
                                            uninstall)
@@ -128,17 +129,6 @@ def negative_prompts(world, requests, hp: WISEHyperParams, rng: random.Random) -
             fixed += [world.query(r.subject, rel, "question").prompt for rel in world.relations_of(r.subject)
                       if rel != r.relation and not (rel in world.derived and world.derived[rel][0] == r.relation)]
     return pool, fixed
-
-
-def whitening(acts: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mean, C^(-1/2)) of activations (N, m), with a ridge relative to C's mean eigenvalue."""
-    mu = acts.mean(0)
-    xc = (acts - mu).double()
-    cov = xc.T @ xc / max(1, len(xc) - 1)
-    cov += ridge * cov.diagonal().mean() * torch.eye(cov.shape[0], dtype=cov.dtype, device=cov.device)
-    vals, vecs = torch.linalg.eigh(cov)
-    inv_sqrt = (vecs * vals.clamp(min=1e-12).rsqrt()) @ vecs.T
-    return mu, inv_sqrt.to(acts.dtype)
 
 
 def subject_start(tokenizer, prompt: str, subject: str) -> int:
