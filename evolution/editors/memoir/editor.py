@@ -30,7 +30,7 @@ from evolution.editors.memoir.memory import STRUCTURE, RoutedMemory, check_base,
 from evolution.editors.requests import EditError, EditReport, EditRequest, validate_requests
 from evolution.editors.rome.compute_u import context_prefixes, prompt_forms, rewrite_texts
 from evolution.editors.rome.compute_v import neutral_prompts, optimize_deltas
-from evolution.editors.rome.hparams import ValueHyperParams
+from evolution.editors.rome.hparams import ValueHyperParams, stats_texts_rule
 from evolution.editors.rome.layer_stats import collect_moments, corpus_texts, inverse_sqrt
 from evolution.editors.rome.repr_tools import check_layer, keys_at_subject, subject_index
 from evolution.editors.rome.rome_main import chosen_layer
@@ -58,11 +58,7 @@ class MEMOIRHyperParams(ValueHyperParams):
                     "threshold": (is_number(self.threshold, above=0, most=1), "a number in (0, 1]"),
                     "ridge": (is_number(self.ridge, least=0), "a finite number >= 0"),
                     "stats_ridge": (is_number(self.stats_ridge, least=0), "a finite number >= 0"),
-                    "stats_texts": (is_int(self.stats_texts, 1) or (isinstance(self.stats_texts, (list, tuple))
-                                                                    and all(isinstance(t, str) and t.strip()
-                                                                            for t in self.stats_texts)
-                                                                    and len(self.stats_texts) > 0),
-                                    "an int >= 1 (texts drawn from the world) or a non-empty list of texts"),
+                    "stats_texts": stats_texts_rule(self.stats_texts),
                     "memory_seed": (is_int(self.memory_seed, 0), "an int >= 0")})
         return out
 

@@ -10,6 +10,13 @@ from agents.hparams import HyperParams, is_int, is_number
 from evolution.editors.requests import EditError
 
 
+def stats_texts_rule(value) -> tuple[bool, str]:
+    """The rule for a `stats_texts` hparam (ROME, MEMIT, MEMOIR): a count of world texts or the texts."""
+    texts = isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(t, str) and t.strip()
+                                                                         for t in value)
+    return is_int(value, 1) or texts, "an int >= 1 (texts drawn from the world) or a non-empty list of texts"
+
+
 @dataclass
 class ValueHyperParams(HyperParams):
     """Where the key is read and how the new value is found (optimize_deltas): what ROME, MEMIT
@@ -54,11 +61,7 @@ class KeyValueHyperParams(ValueHyperParams):
 
     def rules(self) -> dict[str, tuple[bool, str]]:
         out = super().rules()
-        out.update({"stats_texts": (is_int(self.stats_texts, 1) or (isinstance(self.stats_texts, (list, tuple))
-                                                                and len(self.stats_texts) > 0
-                                                                and all(isinstance(t, str) and t.strip()
-                                                                        for t in self.stats_texts)),
-                               "an int >= 1 (texts drawn from the world) or a non-empty list of texts")})
+        out["stats_texts"] = stats_texts_rule(self.stats_texts)
         for nm in ("ridge", "subject_weight", "protect_weight"):
             out[nm] = (is_number(getattr(self, nm), least=0), "a finite number >= 0")
         return out
