@@ -21,6 +21,11 @@ class ModelShape:
     max_len: int = 256
 
 
+# Named shapes (`--set preset=wide`). `small` is the default model; `wide` gives the editors
+# room (a 4x wider MLP, twice the layers: bench/editing.py --preset wide).
+PRESETS: dict[str, dict] = {"small": {}, "wide": {"n_layer": 4, "d_ff": 1024}}
+
+
 def tiny_llama(shape: ModelShape, vocab_size: int, pad_id: int, bos_id: int, eos_id: int) -> LlamaForCausalLM:
     cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=shape.d_model, intermediate_size=shape.d_ff,
                       num_hidden_layers=shape.n_layer, num_attention_heads=shape.n_head,

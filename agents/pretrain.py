@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from agents.model import ModelShape, tiny_llama
+from agents.model import PRESETS, ModelShape, tiny_llama
 from agents.tokenizer import word_tokenizer
 from envs.corpus import CorpusConfig, sample_texts
 from envs.world import World
@@ -74,6 +74,13 @@ class PretrainConfig:
     @classmethod
     def _from_dict(cls, d: dict) -> "PretrainConfig":
         d = dict(d)
+        if "preset" in d:            # a named shape; shape keys given beside it override it
+            name = d.pop("preset")
+            if name not in PRESETS:
+                raise ValueError(f"preset: unknown {name!r}; known: {sorted(PRESETS)} (or give shape: {{...}})")
+            shape = d.get("shape") or {}
+            shape = dataclasses.asdict(shape) if dataclasses.is_dataclass(shape) else dict(shape)
+            d["shape"] = {**PRESETS[name], **shape}
         flat = {k: d.pop(k) for k in list(d) if k in CORPUS_FIELDS}
         if flat:
             nested = d.get("corpus") or {}
@@ -101,7 +108,7 @@ class PretrainConfig:
 
 
 CORPUS_FIELDS = {f.name for f in dataclasses.fields(CorpusConfig)}
-SETTINGS = ({f.name for f in dataclasses.fields(PretrainConfig)} | CORPUS_FIELDS) - {"corpus"}
+SETTINGS = ({f.name for f in dataclasses.fields(PretrainConfig)} | CORPUS_FIELDS | {"preset"}) - {"corpus"}
 
 
 def cache_root() -> Path:

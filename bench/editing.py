@@ -7,7 +7,8 @@
     python -m bench.editing cli        [--n 20]    (`knowevo edit` as a new user runs it)
     python -m bench.editing report                 (tables + plot from what is stored)
 
-A method may carry hyperparameters: `--methods wise:shard_size=10:merge=ties`.
+A method may carry hyperparameters: `--methods wise:shard_size=10:merge=ties`. `--preset wide`
+runs on the wider default model (agents.model.PRESETS); its rows are stored as `method@wide`.
 
 single: each counterfactual edit on a fresh copy of the base model (distinct people), scored
 against one baseline of the unedited model. sequential: the edits one after another on one
@@ -35,6 +36,7 @@ import pandas as pd
 import torch
 
 from agents.agent import Agent
+from agents.model import PRESETS
 from agents.pretrain import PretrainConfig, pretrained_dir
 from analysis.edit_metrics import edit_baseline, evaluate_edits
 from bench.common import DOC, md_table, write_section
@@ -56,10 +58,17 @@ FINETUNE = dict(epochs=5, lr=1e-3, batch_size=16)
 LOCALITY_PEOPLE = 40
 
 
+PRESET = "small"     # the default model's shape (main's --preset)
+
+
+def model_config() -> PretrainConfig:
+    return PretrainConfig.from_dict({"preset": PRESET})
+
+
 def method_spec(spec: str) -> tuple[str, dict]:
     """'wise' or 'wise:shard_size=10:merge=ties': a method and hyperparameters that differ
-    from its defaults (rows are stored under the whole spec)."""
-    name, *items = spec.split(":")
+    from its defaults (rows are stored under the whole spec, and '@preset' off the small model)."""
+    name, *items = spec.split("@")[0].split(":")
     if name not in METHODS:
         raise SystemExit(f"--methods: unknown {name!r}; choose from {list(METHODS)}")
     try:
@@ -108,7 +117,7 @@ def done(experiment: str, method: str, edits: int) -> bool:
 
 
 def default_model() -> tuple[Agent, World]:
-    path = pretrained_dir(PretrainConfig(), progress=False)
+    path = pretrained_dir(model_config(), progress=False)
     return Agent.from_dir(path), World.load(path / "world.json")
 
 
@@ -221,7 +230,7 @@ def run_cli(base: Agent, world: World, n: int, methods) -> None:
             t0 = time.perf_counter()
             name, hp = method_spec(method)
             sets = [x for k, v in hp.items() for x in ("--set", f"{k}={json.dumps(v)}")]
-            rc = knowevo(["edit", "--model", str(pretrained_dir(PretrainConfig(), progress=False)), "--method", name,
+            rc = knowevo(["edit", "--model", str(pretrained_dir(model_config(), progress=False)), "--method", name,
                           "--requests", str(f), "--out", str(Path(tmp) / "out")] + sets)
             seconds = time.perf_counter() - t0
             m = json.loads((Path(tmp) / "out" / "metrics.json").read_text())["metrics"] if rc == 0 else {}
@@ -346,8 +355,11 @@ def main() -> None:
     ap.add_argument("--checkpoints", default="10,100,1000")
     ap.add_argument("--max-minutes", type=float, default=60.0, help="per method, sequential only")
     ap.add_argument("--fresh", action="store_true", help="forget stored rows of this experiment")
+    ap.add_argument("--preset", default="small", choices=sorted(PRESETS), help="the default model's shape")
     args = ap.parse_args()
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    global PRESET
+    PRESET = args.preset
+    methods = [m.strip() + ("" if PRESET == "small" else f"@{PRESET}") for m in args.methods.split(",") if m.strip()]
     for m in methods:
         method_spec(m)
     if args.fresh and STORE.exists():

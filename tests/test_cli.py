@@ -176,3 +176,9 @@ def test_one_set_parser_for_every_command():
         flat_sets(["=3"])
     with pytest.raises(ValueError, match="lrr: unknown pretraining setting"):
         pre(["lrr=1"])
+    # a named shape: the small one is the default model itself (same cached model), shape keys override
+    assert pre(["preset=small"]).key() == PretrainConfig().key()
+    wide = pre(["preset=wide", "shape.n_layer=3"]).shape
+    assert (wide.n_layer, wide.d_ff, wide.d_model) == (3, 1024, 128)
+    with pytest.raises(ValueError, match="preset: unknown 'huge'"):
+        pre(["preset=huge"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evolution.editors.memit.memit_main import layer_update
+from evolution.editors.memit.memit_main import layer_update, null_space_projector, null_space_update
 from evolution.editors.requests import EditError
 from tests.edit_helpers import answers, known_requests
 
@@ -77,4 +77,31 @@ def test_bad_input_and_nan_leave_the_weights(small_agent, small_world, monkeypat
     monkeypatch.setattr(mm, "layer_update", lambda *a, **k: torch.full((128, 256), float("nan"), dtype=torch.float64))
     with pytest.raises(EditError, match="NaN|finite"):
         agent.edit(reqs, method="memit", world=small_world, v_steps=3)
+    assert same_weights(agent, before)
+
+
+def test_the_null_space_update_leaves_corpus_keys_and_moves_the_edit():
+    g = torch.Generator().manual_seed(0)
+    basis = torch.linalg.qr(torch.randn(12, 12, generator=g, dtype=torch.float64))[0]
+    spread = torch.tensor([5.0] * 8 + [1e-4] * 4, dtype=torch.float64)     # 4 directions the corpus hardly uses
+    cov = basis @ torch.diag(spread) @ basis.T
+    proj, rank = null_space_projector(cov, 0.01)
+    assert rank == 4
+    key = (basis[:, :8] @ torch.randn(8, generator=g, dtype=torch.float64) + basis[:, 8:] @ torch.ones(4, dtype=torch.float64))
+    resid = torch.randn(1, 6, generator=g, dtype=torch.float64)
+    upd = null_space_update(key[None].float(), resid.float(), proj, None, 1e-8).double()
+    assert torch.allclose(upd @ basis[:, :8], torch.zeros(6, 8, dtype=torch.float64), atol=1e-5)   # corpus keys kept
+    assert torch.allclose(upd @ key, resid[0], atol=1e-4)                                           # the edit lands
+
+
+def test_null_space_and_norm_anchor_on_the_model(small_agent, small_world):
+    reqs = known_requests(small_agent, small_world, 2, seed=4, relations=RELATIONS)
+    agent = small_agent.spawn("alpha")
+    rep = agent.edit(reqs, method="memit", world=small_world, null_space=0.1)
+    dims = rep.details["null_space_dims"]
+    assert set(dims) == set(rep.layers) and all(d > 0 for d in dims.values())
+    before = {k: v.clone() for k, v in agent.model.state_dict().items()}
+    with pytest.raises(EditError, match="null_space"):       # no direction that quiet: refused, weights kept
+        agent.edit(known_requests(agent, small_world, 1, seed=9, relations=RELATIONS), method="memit",
+                   world=small_world, null_space=1e-12)
     assert same_weights(agent, before)

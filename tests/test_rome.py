@@ -8,7 +8,9 @@ import torch
 
 from agents.agent import Agent
 from envs.world import World
-from evolution.editors.requests import EditError, EditRequest, counterfactual_requests, validate_requests
+from evolution.editors.requests import EditError, EditRequest, counterfactual_requests, joint_requests, validate_requests
+from evolution.editors.rome.compute_v import norm_anchored
+from evolution.editors.rome.repr_tools import base_weights
 from evolution.editors.rome.rome_main import rank_one_update
 
 DOWN0 = "model.layers.0.mlp.down_proj.weight"
@@ -124,3 +126,47 @@ def test_counterfactuals_avoid_the_agents_current_answer(fresh):
     now = [b.answer for b in base.beliefs([r.query(world) for r in reqs])]
     assert all(r.target != a and r.target != world.truth(r.subject, r.relation) for r, a in zip(reqs, now))
     assert validate_requests(base, reqs, world) is not None      # none is refused as already answered
+
+
+def test_norm_anchoring_keeps_the_direction_and_takes_the_unedited_norm():
+    g = torch.Generator().manual_seed(0)
+    values, reference = torch.randn(3, 8, generator=g) * 5, torch.randn(3, 8, generator=g)
+    out = norm_anchored(values, reference)
+    assert torch.allclose(out.norm(dim=1), reference.norm(dim=1), atol=1e-5)
+    assert torch.allclose(torch.nn.functional.cosine_similarity(out, values), torch.ones(3), atol=1e-5)
+
+
+def test_base_weights_swaps_in_the_base_and_puts_the_edit_back(fresh):
+    base, world = fresh
+    agent = base.spawn("b")
+    agent.edit(counterfactual_requests(world, 1, seed=5), method="rome", world=world)
+    edited = {k: v.clone() for k, v in agent.model.state_dict().items()}
+    with pytest.raises(RuntimeError):
+        with base_weights(agent) as m:
+            assert all(torch.equal(v, base.base[k]) for k, v in m.state_dict().items())
+            raise RuntimeError("inside")
+    assert same_weights(agent, edited)
+
+
+def test_joint_requests_keep_a_persons_other_edits_and_the_latest_of_each():
+    held = {"A B": [("company", "p1", "X"), ("major", "p2", "Y")], "C D": [("major", "p3", "Z")]}
+    out = joint_requests(held, [EditRequest("A B", "major", "W", "p4"), EditRequest("A B", "major", "V", "p5")])
+    assert [(r.subject, r.relation, r.target) for r in out] == [("A B", "company", "X"), ("A B", "major", "V")]
+
+
+def test_a_person_edited_twice_keeps_both_edits_and_the_facts_travel(fresh, tmp_path):
+    base, world = fresh
+    person = next(p for p in world.people if p.taught)
+    reqs = []
+    for rel in ("company", "major"):
+        now = base.beliefs([world.query(person.name, rel, "question")])[0].answer
+        reqs.append(EditRequest(person.name, rel, next(c for c in world.relations[rel].candidates if c != now)))
+    agent = base.spawn("twice")
+    agent.edit([reqs[0]], method="rome", world=world)
+    rep = agent.edit([reqs[1]], method="rome", world=world)
+    assert rep.details["per_request"][0]["edits_of_person"] == 2      # the second value holds both
+    answers = [b.answer for b in agent.beliefs([r.query(world) for r in reqs])]
+    assert answers == [r.target for r in reqs]
+    loaded = Agent.load(agent.save(tmp_path / "a"))
+    assert loaded.state["edit_facts"][person.name] == agent.state["edit_facts"][person.name]
+    assert [f[0] for f in loaded.state["edit_facts"][person.name]] == ["company", "major"]

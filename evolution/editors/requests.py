@@ -54,6 +54,17 @@ class EditRequest:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
 
+def joint_requests(held: dict[str, list], requests: list[EditRequest]) -> list[EditRequest]:
+    """Every fact the requests' people must answer after an edit: their earlier edits (`held`:
+    subject -> [(relation, prompt, target)]) on relations the requests leave alone, then the
+    requests (a later one of the same person and relation wins). For the editors that write
+    one value per person: ROME and MEMIT edit after edit, MEMOIR."""
+    latest = {(r.subject, r.relation): r for r in requests}
+    earlier = [EditRequest(s, rel, target, prompt) for s in dict.fromkeys(r.subject for r in requests)
+               for rel, prompt, target in held.get(s, []) if (s, rel) not in latest]
+    return earlier + list(latest.values())
+
+
 @dataclass
 class EditReport:
     method: str

@@ -17,6 +17,8 @@ class MEMITHyperParams(KeyValueHyperParams):
     mom2_update_weight: float = 10.0   # lambda: keeps corpus keys. Default model, single edits: 10 -> reliability 1.0,
     #   locality .99; 100 -> no edit lands (1.0 -> 0.0). 16 edits in a batch: 10 -> locality .70, 100 -> .83
     z_batch: int = 64                 # subjects whose target residuals are optimized together
+    null_space: float = 0.0           # > 0: AlphaEdit; updates only along key directions whose corpus variance is
+    #   below this x the mean eigenvalue (memit_main.null_space_projector); 0: MEMIT's covariance solve
 
     def rules(self) -> dict[str, tuple[bool, str]]:
         return {**super().rules(),
@@ -25,4 +27,5 @@ class MEMITHyperParams(KeyValueHyperParams):
                 "layers": (self.layers is None or (isinstance(self.layers, (list, tuple)) and len(self.layers) > 0
                                                    and all(is_int(x) for x in self.layers)),
                            "a non-empty list of layer indices, or null"),
-                "mom2_update_weight": (is_number(self.mom2_update_weight, least=0), "a finite number >= 0")}
+                "mom2_update_weight": (is_number(self.mom2_update_weight, least=0), "a finite number >= 0"),
+                "null_space": (is_number(self.null_space, least=0), "a finite number >= 0 (0: off)")}

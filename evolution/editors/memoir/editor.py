@@ -27,7 +27,7 @@ from agents.hparams import is_int, is_number
 from agents.methods import register_editor
 from agents.state import register_extension, register_state
 from evolution.editors.memoir.memory import STRUCTURE, RoutedMemory, check_base, install, memory_of, uninstall
-from evolution.editors.requests import EditError, EditReport, EditRequest, validate_requests
+from evolution.editors.requests import EditError, EditReport, EditRequest, joint_requests, validate_requests
 from evolution.editors.rome.compute_u import context_prefixes, prompt_forms, rewrite_texts
 from evolution.editors.rome.compute_v import neutral_prompts, optimize_deltas
 from evolution.editors.rome.hparams import ValueHyperParams, stats_texts_rule
@@ -67,9 +67,7 @@ def person_requests(mem: RoutedMemory, request: EditRequest) -> list[EditRequest
     """Every edit the memory holds for the request's person, this request replacing an
     earlier one on the same relation."""
     held = mem.facts[mem.subjects.index(request.subject)] if request.subject in mem.subjects else []
-    out = [EditRequest(request.subject, rel, target, prompt) for rel, prompt, target in held
-           if rel != request.relation]
-    return out + [request]
+    return joint_requests({request.subject: held}, [request])
 
 
 def person_texts(agent, world, reqs: list[EditRequest], hp: MEMOIRHyperParams, seed: int) -> list[list[str]]:

@@ -214,6 +214,14 @@ def optimize_deltas(model, tokenizer, module, layer: int, requests: list[EditReq
                            "delta_norm": delta.norm(dim=1).tolist()}
 
 
+def norm_anchored(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`values` [g, d] rescaled to the norms of `reference` [g, d] (the unedited model's values
+    there): Norm-Anchor Scaling (Liu et al. 2026). Each sequential edit otherwise writes a value
+    larger than the last (the clamp is relative to the current, already grown value), and the
+    layer's norm feeds on itself: 100 ROME edits took the edited matrix from norm 11 to 43."""
+    return values * (reference.norm(dim=1, keepdim=True) / values.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
 @contextlib.contextmanager
 def frozen(model):
     """No weight gradients while only delta trains (they would cost most of the backward)."""

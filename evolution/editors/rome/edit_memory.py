@@ -8,8 +8,11 @@ only 3 of 6 at the end, because each rank-one update u^T k also moves earlier ed
 
 makes u nearly orthogonal to them (the denominator keeps W' k* = W k* + delta exact), as
 MEMIT does for the edits of one batch. Keys of the same subject are not protected: a new
-edit of that person is computed on the already-edited model, and its KL term holds the
-person's other answers, the earlier edit included.
+edit of that person rewrites the person's one key, so its value is found for all of the
+person's edits at once (`with_earlier_facts`: the facts kept beside the keys), as MEMIT does for
+a subject's requests in one batch. Measured: of 100 sequential ROME edits (norm-anchored),
+17 landed and were lost later, 9 of them edits of a person edited again, whose KL term alone
+had not held the earlier edit.
 
 The memory is the agent's own method state (`agent.state["edit_memory"]`), not a cache keyed
 by the model object: a placement that materializes many agents on one scratch model hands
@@ -21,8 +24,10 @@ from __future__ import annotations
 import torch
 
 from agents.state import register_state
+from evolution.editors.requests import EditRequest, joint_requests
 
 KEY = "edit_memory"
+FACTS = "edit_facts"
 
 
 def _memory(agent) -> dict[int, list[tuple[str, torch.Tensor]]]:
@@ -39,8 +44,23 @@ def remember(agent, layer: int, entries: list[tuple[str, torch.Tensor]]) -> None
     _memory(agent).setdefault(layer, []).extend((s, k.detach().double().cpu()) for s, k in entries)
 
 
+def remember_facts(agent, requests) -> None:
+    """Keep each edited fact of a person (a later edit of the same relation replaces it)."""
+    facts = agent.state.setdefault(FACTS, {})
+    for r in requests:
+        held = [f for f in facts.get(r.subject, []) if f[0] != r.relation]
+        facts[r.subject] = held + [(r.relation, r.prompt, r.target)]
+
+
+def with_earlier_facts(agent, requests: list[EditRequest]) -> list[EditRequest]:
+    """The requests' people's earlier edits that the requests leave alone, then the requests
+    (requests.joint_requests): what each edited person's key must answer afterwards."""
+    return joint_requests(agent.state.get(FACTS, {}), requests)
+
+
 def forget(agent) -> None:
     agent.state.pop(KEY, None)
+    agent.state.pop(FACTS, None)
 
 
 def _to_tensors(mem) -> tuple[dict[str, torch.Tensor], dict]:
@@ -58,6 +78,8 @@ def _from_tensors(tensors: dict[str, torch.Tensor], meta: dict):
 
 
 register_state(KEY, _to_tensors, _from_tensors)
+register_state(FACTS, lambda facts: ({}, {s: [list(f) for f in fs] for s, fs in facts.items()}),
+               lambda tensors, meta: {s: [tuple(f) for f in fs] for s, fs in meta.items()})
 
 
 def protected(cov: torch.Tensor, keys: torch.Tensor | None, weight: float) -> torch.Tensor:

@@ -48,6 +48,23 @@ def add_update(model, module, update: torch.Tensor) -> None:
     layout(model).add_to_weight(module, update)
 
 
+@contextlib.contextmanager
+def base_weights(agent):
+    """The agent's model with its base weights for the duration, its own put back after (the
+    parameters it changed are swapped, nothing is copied whole)."""
+    state = agent.model.state_dict()
+    own = {k: v.detach().clone() for k, v in state.items() if not torch.equal(v, agent.base[k].to(v.device))}
+    try:
+        with torch.no_grad():
+            for k in own:
+                state[k].copy_(agent.base[k])
+        yield agent.model
+    finally:
+        with torch.no_grad():
+            for k, v in own.items():
+                state[k].copy_(v)
+
+
 def subject_index(tokenizer, prompt: str, subject: str, token: int = -1) -> int:
     """Token index (counting <s>) of the subject's token `token` (-1: its last) at the
     subject's last occurrence in `prompt`: the request's own prompt sits at the end of any

@@ -19,11 +19,11 @@ from evolution.editors.target import chosen_key_tokens, critical_layers, mlp_eff
 from evolution.editors.requests import (EditReport, EditRequest, check_finite, validate_requests,
                                 weights_restored_on_error)
 from evolution.editors.rome.compute_u import context_prefixes, left_vector, prompt_forms, rewrite_texts, subject_key
-from evolution.editors.rome.compute_v import neutral_prompts, optimize_deltas
+from evolution.editors.rome.compute_v import neutral_prompts, norm_anchored, optimize_deltas
 from evolution.editors.rome.hparams import ROMEHyperParams
-from evolution.editors.rome.edit_memory import prior_keys, protected, remember
+from evolution.editors.rome.edit_memory import prior_keys, protected, remember, remember_facts, with_earlier_facts
 from evolution.editors.rome.layer_stats import inverse_covariance, key_covariance
-from evolution.editors.rome.repr_tools import add_update, check_layer, down_proj
+from evolution.editors.rome.repr_tools import add_update, base_weights, check_layer, down_proj, outputs_at_subject
 
 
 def chosen_layer(agent, world, requests, layer: int | None) -> tuple[int, str]:
@@ -42,12 +42,18 @@ def rank_one_update(delta: torch.Tensor, u: torch.Tensor, k_star: torch.Tensor) 
 
 
 def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], cov: torch.Tensor,
-             hp: ROMEHyperParams, world, seed: int, written: list) -> dict:
+             hp: ROMEHyperParams, world, seed: int, written: list, done: list[EditRequest]) -> dict:
     """Apply one request to agent.model in place, at the subject token `tokens` names; returns
-    its diagnostics. `written`: keys of this call's earlier requests (protected like the memory's)."""
-    prefixes = context_prefixes(agent, world, hp.n_prefixes, seed, request.subject, request.relation)
-    texts = rewrite_texts(prompt_forms(request, world, hp.paraphrases, hp.statements), prefixes)
-    k_star = subject_key(agent, request, layer, texts, tokens)
+    its diagnostics. `written`: keys of this call's earlier requests (protected like the
+    memory's); `done`: this call's earlier requests. The value is found for all of the
+    person's edits (the memory's and this call's), since they share the person's key."""
+    reqs = with_earlier_facts(agent, [r for r in done if r.subject == request.subject] + [request])
+    texts = [rewrite_texts(prompt_forms(r, world, hp.paraphrases, hp.statements),
+                           context_prefixes(agent, world, hp.n_prefixes, seed if r is request else seed + 7919 * (i + 1),
+                                            r.subject, r.relation))
+             for i, r in enumerate(reqs)]
+    flat = [t for tx in texts for t in tx]
+    k_star = subject_key(agent, request, layer, flat, tokens)
     earlier = [k for s, k in written if s != request.subject]
     mem = prior_keys(agent, layer, {request.subject})
     keys = torch.cat([x for x in (mem, torch.stack(earlier).double() if earlier else None) if x is not None]) \
@@ -55,19 +61,26 @@ def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], co
     cov_inv = inverse_covariance(protected(cov, keys, hp.protect_weight), hp.ridge)
     u = left_vector(k_star, cov_inv.to(k_star.device))
     mod = down_proj(agent.model, layer)
-    delta, _, info = optimize_deltas(agent.model, agent.tokenizer, mod, layer, [request], [texts],
-                                     [neutral_prompts(request.subject, [request.relation], world, hp.keep_other_relations)],
-                                     hp.v_steps, hp.v_lr, hp.v_weight_decay, hp.clamp_norm_factor, hp.kl_factor,
-                                     tokens=tokens)
+    delta, value0, info = optimize_deltas(agent.model, agent.tokenizer, mod, layer, reqs, texts,
+                                          [neutral_prompts(request.subject, [r.relation for r in reqs], world,
+                                                           hp.keep_other_relations)],
+                                          hp.v_steps, hp.v_lr, hp.v_weight_decay, hp.clamp_norm_factor, hp.kl_factor,
+                                          groups=[0] * len(reqs), tokens=tokens)
+    if hp.norm_anchor:
+        with base_weights(agent):
+            unedited = outputs_at_subject(agent.model, agent.tokenizer, mod, flat, [request.subject] * len(flat),
+                                          tokens).mean(0, keepdim=True)
+        delta = norm_anchored(value0 + delta, unedited) - value0
     upd = rank_one_update(delta[0], u, k_star)
     check_finite(f"ROME update for {request.subject!r}", upd, "lower v_lr or raise ridge")
     add_update(agent.model, mod, upd)
     check_finite(f"layer {layer}'s MLP output projection after the edit", mod.weight)
     written.append((request.subject, k_star.detach().double().cpu()))
+    done.append(request)
     return {"subject": request.subject, "relation": request.relation, "target": request.target,
-            "subject_token": tokens[request.subject],
-            "nll_before": info["nll_before"][0], "nll_after": info["nll_after"][0], "steps": info["steps"],
-            "delta_norm": info["delta_norm"][0], "update_norm": float(upd.norm())}
+            "subject_token": tokens[request.subject], "edits_of_person": len(reqs),
+            "nll_before": max(info["nll_before"]), "nll_after": max(info["nll_after"]), "steps": info["steps"],
+            "delta_norm": float(delta[0].norm()), "update_norm": float(upd.norm())}
 
 
 @register_editor("rome", hparams=ROMEHyperParams, also=('world', 'check_current'))
@@ -83,9 +96,11 @@ def rome(agent, requests, world=None, check_current: bool = True, **hparams) -> 
     cov = key_covariance(agent, layer, world, n_texts, hp.seed, texts=texts, subject_weight=hp.subject_weight,
                          tokens=people_tokens)
     written: list = []
+    done: list = []
     with weights_restored_on_error(agent.model):
-        per = [rome_one(agent, r, layer, tokens, cov, hp, world, hp.seed * 100003 + i, written)
+        per = [rome_one(agent, r, layer, tokens, cov, hp, world, hp.seed * 100003 + i, written, done)
                for i, r in enumerate(reqs)]
     remember(agent, layer, written)
+    remember_facts(agent, reqs)
     return EditReport("rome", len(reqs), round(time.time() - t0, 3), [layer], True,
                       {"layer_source": source, "subject_token_source": token_source, "per_request": per})
