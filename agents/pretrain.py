@@ -103,10 +103,13 @@ class PretrainConfig:
         # the corpus knobs hash flat, as they stood before they had a config of their own, so
         # models trained then stay cached
         flat = {**{k: v for k, v in asdict(self).items() if k != "corpus"}, **asdict(self.corpus)}
+        flat = {k: v for k, v in flat.items() if not (k in LATER_KNOBS and v == LATER_KNOBS[k])}
         blob = json.dumps({"v": FORMAT_VERSION, **flat}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+# knobs added after models were cached: hashed only when set, so those models stay cached
+LATER_KNOBS = {"evidence_share": 0.0, "evidence_weight": 0.0}
 CORPUS_FIELDS = {f.name for f in dataclasses.fields(CorpusConfig)}
 SETTINGS = ({f.name for f in dataclasses.fields(PretrainConfig)} | CORPUS_FIELDS | {"preset"}) - {"corpus"}
 

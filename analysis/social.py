@@ -1,6 +1,7 @@
 """How far peers' claims move an agent: the probe behind the social-knob checks and the
 Asch-style tables. Unanimous wrong claims by k peers, for people the model knows and
-people it was never taught."""
+people it was never taught; the same claims each backed by a supporting fact that agrees or
+disagrees with the world (the evidence knob's check, envs/corpus.py)."""
 from __future__ import annotations
 
 import random
@@ -8,28 +9,34 @@ import random
 import pandas as pd
 
 from agents.records import to_frame
-from envs.world import World, claim
+from analysis.group_metrics import wilson_interval
+from envs.world import RELATED, World, claim, support
+
+
+def sampled_people(world: World, rng: random.Random, per_group: int):
+    """(group, name): up to `per_group` people the model was taught, then as many never taught,
+    drawn lazily from `rng` (each group's draw comes after the draws made for the one before)."""
+    for group, taught in (("known", True), ("never taught", False)):
+        people = [p.name for p in world.people if p.taught == taught]
+        for name in rng.sample(people, min(per_group, len(people))):
+            yield group, name
 
 
 def unanimous_wrong_probe(agent, world: World, ks=(0, 1, 2, 3, 5), per_group: int = 60,
                           relation: str | None = None, seed: int = 0) -> pd.DataFrame:
     """Belief records under k unanimous wrong claims. Each fact gets one wrong object
     (seeded), shared by all k peers and across k, so rows differ only in k."""
-    rng = random.Random(seed)
-    known = [p.name for p in world.people if p.taught]
-    unknown = [p.name for p in world.people if not p.taught]
-    rows = []
-    for group, people in (("known", known), ("never taught", unknown)):
-        for name in rng.sample(people, min(per_group, len(people))):
-            rel = world.known_relation(name, relation or rng.choice(sorted(world.relations)), rng)
-            q = world.query(name, rel)
-            wrong = rng.choice([c for c in q.candidates if c != q.truth])
-            speakers = rng.sample(range(50), max(ks))
-            for k in ks:
-                ctx = " ".join(claim(world.relations[rel], name, wrong, f"agent {s}") for s in speakers[:k])
-                b = agent.beliefs([q], context=ctx, n_confederates=k, protocol="probe")[0]
-                b.peer_answers = [wrong] * k
-                rows.append((group, k, wrong, b))
+    rng, rows = random.Random(seed), []
+    for group, name in sampled_people(world, rng, per_group):
+        rel = world.known_relation(name, relation or rng.choice(sorted(world.relations)), rng)
+        q = world.query(name, rel)
+        wrong = rng.choice([c for c in q.candidates if c != q.truth])
+        speakers = rng.sample(range(50), max(ks))
+        for k in ks:
+            ctx = " ".join(claim(world.relations[rel], name, wrong, f"agent {s}") for s in speakers[:k])
+            b = agent.beliefs([q], context=ctx, n_confederates=k, protocol="probe")[0]
+            b.peer_answers = [wrong] * k
+            rows.append((group, k, wrong, b))
     df = to_frame([r[3] for r in rows])
     df["group"] = [r[0] for r in rows]
     df["k"] = [r[1] for r in rows]
@@ -37,3 +44,46 @@ def unanimous_wrong_probe(agent, world: World, ks=(0, 1, 2, 3, 5), per_group: in
     df["p_claim"] = [b.prob(r[2]) for r, b in zip(rows, (r[3] for r in rows))]
     df["follows"] = df["answer"] == df["claim"]
     return df
+
+
+def supported_wrong_probe(agent, world: World, ks=(1, 2, 3, 5), per_group: int = 60, seed: int = 0) -> pd.DataFrame:
+    """Belief records under k unanimous wrong claims, each followed by its speaker's support
+    (the same person's related fact, as debate shows it) that is the world's truth
+    ("consistent") or not ("inconsistent"). Each fact gets one wrong object and one set of
+    wrong supports (seeded), shared across k and across the two kinds, so rows differ only
+    in k and in whether the support checks out. A model can tell the kinds apart only for
+    people it knows: for the never taught it has nothing to check the support against."""
+    rng, rows = random.Random(seed), []
+    for group, name in sampled_people(world, rng, per_group):
+        rels = [r for r in sorted(world.relations) if r in RELATED and RELATED[r] in world.relations
+                and world.has(name, r) and world.has(name, RELATED[r])]
+        if not rels:
+            continue
+        rel = rng.choice(rels)
+        sup = world.relations[RELATED[rel]]
+        q, true_sup = world.query(name, rel), world.truth(name, sup.name)
+        wrong = rng.choice([c for c in q.candidates if c != q.truth])
+        speakers = rng.sample(range(50), max(ks))
+        wrong_sups = [rng.choice([c for c in sup.candidates if c != true_sup]) for _ in speakers]
+        for kind in ("consistent", "inconsistent"):
+            for k in ks:
+                ctx = " ".join(f"{claim(world.relations[rel], name, wrong, f'agent {s}')} "
+                               f"{support(sup, name, true_sup if kind == 'consistent' else w, f'agent {s}')}"
+                               for s, w in zip(speakers[:k], wrong_sups))
+                b = agent.beliefs([q], context=ctx, n_confederates=k, protocol="probe")[0]
+                b.peer_answers = [wrong] * k
+                rows.append((group, k, kind, wrong, b))
+    df = to_frame([r[4] for r in rows])
+    df["group"], df["k"], df["support"] = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    df["claim"] = [r[3] for r in rows]
+    df["p_claim"] = [r[4].prob(r[3]) for r in rows]
+    df["follows"] = df["answer"] == df["claim"]
+    return df
+
+
+def follow_table(df: pd.DataFrame, by=("group", "k", "support")) -> pd.DataFrame:
+    """Share of answers that take the wrong claim, with Wilson 95% intervals, per `by`."""
+    g = df.groupby(list(by)).follows.agg(["sum", "count"]).reset_index()
+    lo, hi = wilson_interval(g["sum"], g["count"])
+    return g.assign(follows=g["sum"] / g["count"], follows_lo=lo, follows_hi=hi).rename(
+        columns={"sum": "followed", "count": "n"})

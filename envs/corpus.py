@@ -13,13 +13,22 @@ and a run's replay read the same bios.
   (it cannot know). Peers are right with probability `peer_reliability`.
 So `social_prior` sets how much the model conforms, and conformity is larger for people it
 does not know (docs/design.md, "The default model").
+- evidence (off by default): in `evidence_share` of the social texts each claim is followed
+  by its support, as debate shows it ("agent 3 says : X works in Z .", the same person's
+  related fact, `envs.world.RELATED`). A true claim's support is the true related fact; a
+  wrong claim's is true half the time (a rumour about one fact need not get the related one
+  wrong). For a person the model knows, with probability `evidence_weight` the answer is the
+  majority of the claims whose support agrees with what the model knows (when any does),
+  else the answer is as above. For a stranger the support cannot be checked, and the answer
+  ignores it. So `evidence_weight` sets how much the model weighs evidence, and it can only
+  weigh it for people it knows.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-from envs.world import World, claim
+from envs.world import RELATED, World, claim, support
 
 
 @dataclass
@@ -32,10 +41,13 @@ class CorpusConfig:
     peer_reliability: float = 0.7
     social_unknown_share: float = 0.5   # share of social texts about strangers
     max_peers: int = 6
+    evidence_share: float = 0.0         # share of social texts whose claims carry their support
+    evidence_weight: float = 0.0        # how often the answer follows the claims whose support checks out
 
     def __post_init__(self) -> None:
         checks = {"bio_templates": self.bio_templates in ("all", "one"), "max_peers": self.max_peers >= 0}
-        for nm in ("qa_share", "social_share", "social_prior", "peer_reliability", "social_unknown_share"):
+        for nm in ("qa_share", "social_share", "social_prior", "peer_reliability", "social_unknown_share",
+                   "evidence_share", "evidence_weight"):
             checks[nm] = 0.0 <= getattr(self, nm) <= 1.0
         checks["qa_share"] = checks["qa_share"] and self.qa_share + self.social_share < 1.0
         bad = [k for k, ok in checks.items() if not ok]
@@ -80,10 +92,36 @@ def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusC
     context = " ".join(claim(rel, name, c, f"agent {s}") + " " for s, c in zip(speakers, claims)) if k else ""
     answer = truth if not stranger else rng.choice(rel.candidates)
     if k:
-        top = max(set(claims), key=lambda c: (claims.count(c), -claims.index(c)))
-        if rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(top):
-            answer = top
+        answer = majority(claims) if rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(majority(claims)) \
+            else answer
+        # drawn only when evidence is on, so the default corpus is the one it always was
+        related = RELATED.get(rel.name) if cfg.evidence_share > 0 and rng.random() < cfg.evidence_share else None
+        if related in world.relations and (stranger or world.has(name, related)):
+            context, checked = with_support(world, name, stranger, rel.name, related, truth, claims, speakers, rng)
+            if checked and rng.random() < cfg.evidence_weight:
+                answer = majority(checked)
     return f"{context}{rel.question(name, rng.randrange(3))} {answer} ."
+
+
+def majority(claims: list[str]) -> str:
+    """The most claimed object, ties to the first said."""
+    return max(set(claims), key=lambda c: (claims.count(c), -claims.index(c)))
+
+
+def with_support(world: World, name: str, stranger: bool, relation: str, related: str, truth: str,
+                 claims: list[str], speakers: list[int], rng: random.Random) -> tuple[str, list[str]]:
+    """(the context with each claim followed by its support, the claims whose support agrees
+    with what a model that knows `name` knows; none for a stranger: nothing to check against)."""
+    rel, sup = world.relations[relation], world.relations[related]
+    known = rng.choice(sup.candidates) if stranger else world.epochs[-1][name][related]
+    parts, checked = [], []
+    for s, c in zip(speakers, claims):
+        agrees = c == truth or rng.random() < 0.5
+        obj = known if agrees else rng.choice([x for x in sup.candidates if x != known])
+        parts.append(f"{claim(rel, name, c, f'agent {s}')} {support(sup, name, obj, f'agent {s}')} ")
+        if agrees and not stranger:
+            checked.append(c)
+    return "".join(parts), checked
 
 
 def sample_texts(world: World, rng: random.Random, cfg: CorpusConfig, phase: str, n: int) -> list[str]:

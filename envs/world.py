@@ -99,6 +99,12 @@ def claim(relation: Relation, subject: str, obj: str, speaker: str) -> str:
     return f"{speaker} answers {obj} ."
 
 
+# The fact that backs a claim about a relation (debate's supporting facts, the corpus's
+# evidence texts): the same person's related relation.
+RELATED = {"company": "company_city", "company_city": "company", "birth_city": "birth_date",
+           "birth_date": "birth_city", "university": "major", "major": "university"}
+
+
 def support(relation: Relation, subject: str, obj: str, speaker: str) -> str:
     """A peer's supporting statement (debate): a full sentence, so it does not read as an
     answer to the question at hand."""

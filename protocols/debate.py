@@ -14,10 +14,8 @@ in the next round (under a speaker name no agent uses).
 """
 from __future__ import annotations
 
+from envs.world import RELATED
 from protocols.base import Board, Claim, Protocol, ProtocolError, Said, Turn
-
-RELATED = {"company": "company_city", "company_city": "company", "birth_city": "birth_date",
-           "birth_date": "birth_city", "university": "major", "major": "university"}
 
 
 class Debate(Protocol):

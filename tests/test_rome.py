@@ -136,6 +136,27 @@ def test_norm_anchoring_keeps_the_direction_and_takes_the_unedited_norm():
     assert torch.allclose(torch.nn.functional.cosine_similarity(out, values), torch.ones(3), atol=1e-5)
 
 
+def test_a_norm_anchored_edit_searches_its_value_at_the_unedited_norm(fresh, monkeypatch):
+    import evolution.editors.rome.rome_main as rm
+    base, world = fresh
+    real, seen = rm.optimize_deltas, []
+
+    def recording(*a, **kw):
+        out = real(*a, **kw)
+        seen.append((out, kw["anchor"]))
+        return out
+    monkeypatch.setattr(rm, "optimize_deltas", recording)
+    agent = base.spawn("anchored")
+    reqs = counterfactual_requests(world, 2, seed=11)
+    agent.edit(reqs, method="rome", world=world, norm_anchor=True)
+    assert len(seen) == 2
+    for (delta, value0, _), anchor in seen:
+        assert anchor is not None
+        assert torch.allclose((value0 + delta).norm(dim=1), anchor.norm(dim=1), rtol=1e-4)
+        assert float(delta.norm()) > 0.1 * float(anchor.norm())      # the value moved, on the sphere
+    assert [b.answer for b in agent.beliefs([r.query(world) for r in reqs])] == [r.target for r in reqs]
+
+
 def test_base_weights_swaps_in_the_base_and_puts_the_edit_back(fresh):
     base, world = fresh
     agent = base.spawn("b")

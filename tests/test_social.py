@@ -54,3 +54,19 @@ def test_zero_social_prior_moves_little(high, zero):
         shift0 = p0[group, 3] - p0[group, 0]
         assert shift0 < MAX_SHIFT_ZERO[group], (group, shift0)
         assert shift0 < (p[group, 3] - p[group, 0]) / 2
+
+
+def test_the_supported_probe_changes_only_the_support(small_dir):
+    from analysis.social import follow_table, supported_wrong_probe
+    agent, world = Agent.from_dir(small_dir), World.load(small_dir / "world.json")
+    df = supported_wrong_probe(agent, world, ks=(1, 3), per_group=8)
+    table = follow_table(df)
+    assert len(table) == 2 * 2 * 2 and set(table.n) == {8}
+    assert ((table.follows >= table.follows_lo) & (table.follows <= table.follows_hi)).all()
+    for (_, k), rows in df.groupby(["subject", "k"]):
+        con, inc = rows[rows.support == "consistent"].iloc[0], rows[rows.support == "inconsistent"].iloc[0]
+        assert con.claim == inc.claim and con.context != inc.context
+        # the same claims in the same order; only the supporting facts' objects differ
+        assert [c.split(" says : ")[0] for c in con.context.split(" answers ")] == \
+               [c.split(" says : ")[0] for c in inc.context.split(" answers ")]
+        assert con.context.count(" says : ") == k

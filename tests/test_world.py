@@ -96,3 +96,40 @@ def test_counterfact_loader(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps([{"requested_rewrite": {"prompt": "x {}"}}]))
     with pytest.raises(WorldError, match="lacks field"):
         load_counterfact(tmp_path / "bad.json")
+
+
+def test_evidence_texts_back_each_claim_and_the_answer_follows_the_checked_claims():
+    import random
+    from envs.corpus import CorpusConfig, social_text, with_support
+    from envs.world import RELATED
+    world = World.bios(60, seed=0)
+    known = next(p.name for p in world.people if p.taught)
+    truth, true_city = world.truth(known, "company"), world.truth(known, "company_city")
+    wrong = next(c for c in world.relations["company"].candidates if c != truth)
+    rng = random.Random(0)
+    ctx, checked = with_support(world, known, False, "company", RELATED["company"], truth,
+                                [truth, wrong, wrong, wrong] * 5, list(range(20)), rng)
+    assert ctx.count(" says : ") == 20 and ctx.count(" answers ") == 20
+    assert checked.count(truth) == 5 and 0 < checked.count(wrong) < 15      # wrong claims agree half the time
+    said = ctx.split(" answers ")[1:]
+    for s in said:                        # each claim's support follows it; a true claim's is the truth
+        if s.startswith(truth + " ."):
+            assert true_city in s.split(" . ")[1]
+    assert with_support(world, "Nobody Never Taught", True, "company", "company_city", truth,
+                        [truth, wrong], [0, 1], rng)[1] == []      # a stranger's support cannot be checked
+    # defaults draw no evidence; the knob on puts supports into the texts
+    texts = [social_text(world, [known], random.Random(i), CorpusConfig(social_unknown_share=0)) for i in range(50)]
+    assert not any(" says : " in t for t in texts)
+    on = CorpusConfig(social_unknown_share=0, evidence_share=1.0, evidence_weight=1.0)
+    assert any(" says : " in social_text(world, [known], random.Random(i), on) for i in range(50))
+
+
+def test_evidence_knobs_are_checked_and_hashed_only_when_set():
+    from agents.pretrain import PretrainConfig
+    with pytest.raises(ValueError, match="corpus.evidence_weight"):
+        PretrainConfig.from_dict({"evidence_weight": 1.5})
+    with pytest.raises(ValueError, match="corpus.evidence_share"):
+        PretrainConfig.from_dict({"corpus": {"evidence_share": -0.1}})
+    default = PretrainConfig().key()
+    assert PretrainConfig.from_dict({"evidence_weight": 0.0}).key() == default      # models cached before stay
+    assert PretrainConfig.from_dict({"evidence_share": 0.5, "evidence_weight": 1.0}).key() != default

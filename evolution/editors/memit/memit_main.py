@@ -94,7 +94,8 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
     with weights_restored_on_error(agent.model):
         t1 = time.time()
         z, _, infos = target_residuals(agent, reqs, top, world, hp, per_request, tokens)
-        if hp.norm_anchor:
+        if hp.norm_anchor:      # rescaled after the search: searching at the norm (as ROME) measured worse here,
+            # 100 sequential edits reliability .78 vs .88 (z is the whole residual, not one MLP's output)
             with base_weights(agent):
                 unedited = subject_means(outputs_at_subject(agent.model, agent.tokenizer, block, texts, names, tokens),
                                          owners, len(subjects))

@@ -152,17 +152,29 @@ def losses(model, layer: int, resid: torch.Tensor, b: Batch, delta: torch.Tensor
     return nll, logits[nt:].log_softmax(-1)
 
 
+def norm_anchored(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """`values` [g, d] rescaled to the norms of `reference` [g, d] (the unedited model's values
+    there): Norm-Anchor Scaling (Liu et al. 2026). Each sequential edit otherwise writes a value
+    larger than the last (the clamp is relative to the current, already grown value), and the
+    layer's norm feeds on itself: 100 ROME edits took the edited matrix from norm 11 to 43."""
+    return values * (reference.norm(dim=1, keepdim=True) / values.norm(dim=1, keepdim=True).clamp_min(1e-12))
+
+
 def optimize_deltas(model, tokenizer, module, layer: int, requests: list[EditRequest], texts: list[list[str]],
                     kl_prompts: list[list[str]], steps: int, lr: float, weight_decay: float,
                     clamp_norm_factor: float, kl_factor: float,
                     groups: list[int] | None = None,
-                    tokens: dict[str, int] | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
+                    tokens: dict[str, int] | None = None,
+                    anchor: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """(delta [g, d], `module`'s unedited output at the subject averaged over each group's
     rewrite rows [g, d], info). delta is added to the residual after block `layer` (where
     `module`, that block's MLP or the block itself, writes). `texts[i]`: request i's rewrite
     texts (each continued by the target); `groups[i]`: request i's delta row (default: its
     own); `kl_prompts[g]`: group g's neutral prompts; `tokens`: the subject token each subject
-    is edited at (repr_tools; default its last). The model is left untouched."""
+    is edited at (repr_tools; default its last); `anchor` [g, d]: values whose norms each
+    group's value keeps throughout the search (Norm-Anchor Scaling: the direction is searched
+    at that norm, rather than the found value rescaled after, which undid birth dates). The
+    model is left untouched."""
     device = next(model.parameters()).device
     groups = list(range(len(requests))) if groups is None else list(groups)
     n = max(groups) + 1
@@ -182,7 +194,8 @@ def optimize_deltas(model, tokenizer, module, layer: int, requests: list[EditReq
     max_norm = clamp_norm_factor * value0.norm(dim=1)
     scale0 = value0.norm(dim=1).clamp_min(1e-6)
 
-    delta = torch.zeros_like(value0, requires_grad=True)
+    start = torch.zeros_like(value0) if anchor is None else norm_anchored(value0, anchor.to(value0)) - value0
+    delta = start.clone().requires_grad_(True)
     opt = torch.optim.Adam([delta], lr=lr)
     kl_own = b.owner[b.n_rw:]
     kl_per_group = torch.bincount(kl_own, minlength=n).clamp_min(1)
@@ -208,18 +221,12 @@ def optimize_deltas(model, tokenizer, module, layer: int, requests: list[EditReq
                 norms = delta.norm(dim=1)
                 delta.mul_(torch.where(norms > max_norm, max_norm / norms.clamp_min(1e-12),
                                        torch.ones_like(norms))[:, None])
+                if anchor is not None:
+                    delta.copy_(norm_anchored(value0 + delta, anchor.to(value0)) - value0)
     delta = delta.detach()
     check_finite("value delta", delta, "lower v_lr")
     return delta, value0, {"nll_before": nll0.tolist(), "nll_after": nll.tolist(), "steps": step + 1,
                            "delta_norm": delta.norm(dim=1).tolist()}
-
-
-def norm_anchored(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
-    """`values` [g, d] rescaled to the norms of `reference` [g, d] (the unedited model's values
-    there): Norm-Anchor Scaling (Liu et al. 2026). Each sequential edit otherwise writes a value
-    larger than the last (the clamp is relative to the current, already grown value), and the
-    layer's norm feeds on itself: 100 ROME edits took the edited matrix from norm 11 to 43."""
-    return values * (reference.norm(dim=1, keepdim=True) / values.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
 
 @contextlib.contextmanager

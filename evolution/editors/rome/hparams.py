@@ -58,10 +58,11 @@ class KeyValueHyperParams(ValueHyperParams):
     subject_weight: float = 1.0       # weight of subject keys in C (layer_stats: 0 -> others get 32% of an edit)
     protect_weight: float = 1.0       # earlier edits' keys in C (edit_memory), in units of one key; 0: plain
     ridge: float = 1e-2               # ridge on the covariance, relative to its mean eigenvalue
-    norm_anchor: bool = False         # each new value rescaled to the unedited model's value norm there (NAS,
-    #   compute_v.norm_anchored): for long runs of sequential edits. Default model, 100 sequential edits:
-    #   ROME reliability .38 -> .81, locality .195 -> .76; MEMIT .54 -> .88, .30 -> .82. Off by default:
-    #   100 single ROME edits lost reliability with it (.96 -> .89; birth dates need a larger value)
+    norm_anchor: bool = False         # each new value held at the unedited model's value norm there (NAS,
+    #   compute_v.norm_anchored; ROME searches its value at that norm, MEMIT rescales its target after): for
+    #   long runs of sequential edits. Default model, 100 sequential edits (with each person's edits valued
+    #   together): ROME reliability .38 -> .84, locality .195 -> .76; MEMIT .54 -> .88, .30 -> .82. Off by
+    #   default: 100 single ROME edits lose reliability with it (.96 -> .92; birth dates need a larger value)
 
     def rules(self) -> dict[str, tuple[bool, str]]:
         out = super().rules()

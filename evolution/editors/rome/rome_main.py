@@ -19,7 +19,7 @@ from evolution.editors.target import chosen_key_tokens, critical_layers, mlp_eff
 from evolution.editors.requests import (EditReport, EditRequest, check_finite, validate_requests,
                                 weights_restored_on_error)
 from evolution.editors.rome.compute_u import context_prefixes, left_vector, prompt_forms, rewrite_texts, subject_key
-from evolution.editors.rome.compute_v import neutral_prompts, norm_anchored, optimize_deltas
+from evolution.editors.rome.compute_v import neutral_prompts, optimize_deltas
 from evolution.editors.rome.hparams import ROMEHyperParams
 from evolution.editors.rome.edit_memory import prior_keys, protected, remember, remember_facts, with_earlier_facts
 from evolution.editors.rome.layer_stats import inverse_covariance, key_covariance
@@ -61,16 +61,16 @@ def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], co
     cov_inv = inverse_covariance(protected(cov, keys, hp.protect_weight), hp.ridge)
     u = left_vector(k_star, cov_inv.to(k_star.device))
     mod = down_proj(agent.model, layer)
+    anchor = None
+    if hp.norm_anchor:
+        with base_weights(agent):
+            anchor = outputs_at_subject(agent.model, agent.tokenizer, mod, flat, [request.subject] * len(flat),
+                                        tokens).mean(0, keepdim=True)
     delta, value0, info = optimize_deltas(agent.model, agent.tokenizer, mod, layer, reqs, texts,
                                           [neutral_prompts(request.subject, [r.relation for r in reqs], world,
                                                            hp.keep_other_relations)],
                                           hp.v_steps, hp.v_lr, hp.v_weight_decay, hp.clamp_norm_factor, hp.kl_factor,
-                                          groups=[0] * len(reqs), tokens=tokens)
-    if hp.norm_anchor:
-        with base_weights(agent):
-            unedited = outputs_at_subject(agent.model, agent.tokenizer, mod, flat, [request.subject] * len(flat),
-                                          tokens).mean(0, keepdim=True)
-        delta = norm_anchored(value0 + delta, unedited) - value0
+                                          groups=[0] * len(reqs), tokens=tokens, anchor=anchor)
     upd = rank_one_update(delta[0], u, k_star)
     check_finite(f"ROME update for {request.subject!r}", upd, "lower v_lr or raise ridge")
     add_update(agent.model, mod, upd)
