@@ -104,12 +104,16 @@ class PretrainConfig:
         # models trained then stay cached
         flat = {**{k: v for k, v in asdict(self).items() if k != "corpus"}, **asdict(self.corpus)}
         flat = {k: v for k, v in flat.items() if not (k in LATER_KNOBS and v == LATER_KNOBS[k])}
+        if "evidence_share" in flat:
+            flat["evidence_rule"] = EVIDENCE_RULE     # models raised under an older rule are not reused
         blob = json.dumps({"v": FORMAT_VERSION, **flat}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # knobs added after models were cached: hashed only when set, so those models stay cached
 LATER_KNOBS = {"evidence_share": 0.0, "evidence_weight": 0.0}
+EVIDENCE_RULE = 3   # 2: with no claim's support checking out, a weighing answer is the truth;
+                    # 3: one backing per claim
 CORPUS_FIELDS = {f.name for f in dataclasses.fields(CorpusConfig)}
 SETTINGS = ({f.name for f in dataclasses.fields(PretrainConfig)} | CORPUS_FIELDS | {"preset"}) - {"corpus"}
 

@@ -49,9 +49,10 @@ def unanimous_wrong_probe(agent, world: World, ks=(0, 1, 2, 3, 5), per_group: in
 def supported_wrong_probe(agent, world: World, ks=(1, 2, 3, 5), per_group: int = 60, seed: int = 0) -> pd.DataFrame:
     """Belief records under k unanimous wrong claims, each followed by its speaker's support
     (the same person's related fact, as debate shows it) that is the world's truth
-    ("consistent") or not ("inconsistent"). Each fact gets one wrong object and one set of
-    wrong supports (seeded), shared across k and across the two kinds, so rows differ only
-    in k and in whether the support checks out. A model can tell the kinds apart only for
+    ("consistent") or not ("inconsistent"). Each fact gets one wrong object and one wrong
+    support (seeded; every speaker gives the same backing, as in the corpus, so the backings'
+    agreement with each other gives nothing away), shared across k and across the two kinds,
+    so rows differ only in k and in whether the support checks out. A model can tell the kinds apart only for
     people it knows: for the never taught it has nothing to check the support against."""
     rng, rows = random.Random(seed), []
     for group, name in sampled_people(world, rng, per_group):
@@ -64,12 +65,12 @@ def supported_wrong_probe(agent, world: World, ks=(1, 2, 3, 5), per_group: int =
         q, true_sup = world.query(name, rel), world.truth(name, sup.name)
         wrong = rng.choice([c for c in q.candidates if c != q.truth])
         speakers = rng.sample(range(50), max(ks))
-        wrong_sups = [rng.choice([c for c in sup.candidates if c != true_sup]) for _ in speakers]
+        wrong_sup = rng.choice([c for c in sup.candidates if c != true_sup])
         for kind in ("consistent", "inconsistent"):
             for k in ks:
                 ctx = " ".join(f"{claim(world.relations[rel], name, wrong, f'agent {s}')} "
-                               f"{support(sup, name, true_sup if kind == 'consistent' else w, f'agent {s}')}"
-                               for s, w in zip(speakers[:k], wrong_sups))
+                               f"{support(sup, name, true_sup if kind == 'consistent' else wrong_sup, f'agent {s}')}"
+                               for s in speakers[:k])
                 b = agent.beliefs([q], context=ctx, n_confederates=k, protocol="probe")[0]
                 b.peer_answers = [wrong] * k
                 rows.append((group, k, kind, wrong, b))

@@ -7,7 +7,7 @@ was alone (round 0), the share that switch to the confederates' unanimous wrong 
 (round 1). With 0 confederates no majority is shown, so conformity is undefined; the row
 reports the switch rate instead (0 by construction: round 1 then asks the same question).
 
-    python bench/asch_sweep.py [--quick] [--out runs/asch]
+    python -m bench.asch_sweep [--quick] [--out runs/asch] [--upbringings default,evidence] [--seeds ...]
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.group_metrics import conformity, wilson_interval  # noqa: E402
-from bench.common import MODEL_QUICK, ROOT, md_table, run_config_experiment, write_section  # noqa: E402
+from bench.common import MODEL_QUICK, ROOT, UPBRINGINGS, md_table, run_config_experiment, write_section  # noqa: E402
 
 CONFIG = ROOT / "configs" / "asch.yaml"
 QUICK = ["pretrain.people=80", "pretrain.seed=0", "pretrain.steps=400", "queries.people=6",
@@ -66,10 +66,9 @@ def flatness(t: pd.DataFrame) -> str:
     return f"not flat: conformity ranges {pressured.min():.3f}..{pressured.max():.3f} over k = 1..6"
 
 
-def main() -> None:
-    args, cfg, _, world, df, took = run_config_experiment(
-        __doc__.splitlines()[0], CONFIG, "asch", QUICK,
-        "the tests' small model (80 people, 400 steps), 6 people x 2 relations: proves the script runs")
+def run_body(run, quick: bool) -> str:
+    """Print one run's tables (one upbringing, one seed) and return them as markdown."""
+    cfg, world, df, took = run.cfg, run.world, run.records, run.took
     taught = {p.name: p.taught for p in world.people}
     df["knows the person"] = df["subject"].map(taught).map({True: "taught", False: "never taught"})
 
@@ -91,9 +90,11 @@ def main() -> None:
     print("\nVs the agent's confidence when alone (neutral, k = 1..6 pooled):\n"
           + t_conf.to_string(index=False, float_format="{:.3f}".format))
     print(f"\n{verdict}")
+    up = UPBRINGINGS[run.upbringing]
 
     queries = df.drop_duplicates(["subject", "relation"]).shape[0]
-    body = (f"{MODEL_QUICK if args.quick else 'The default model'}, "
+    return (f"### Upbringing: {run.upbringing} (`{' '.join(up) or 'the default corpus'}`)\n\n"
+            f"{MODEL_QUICK if quick else 'The default model'}, "
             f"{queries} queries ({df['subject'].nunique()} people x {df['relation'].nunique()} relations, known and "
             f"never-taught), variant {cfg.params.get('variant', 'wrong_guidance')}, seed {cfg.seed}; {took}. "
             "Conformity: among answers correct when alone (round 0), the share that take the confederates' "
@@ -105,6 +106,13 @@ def main() -> None:
             "people only the answers right by chance when alone count, so few events; nan: none):\n\n"
             + table(t_known) + "\n\nAgainst the agent's own confidence when alone (neutral, k = 1..6 pooled):\n\n"
             + table(t_conf.set_index(t_conf.columns[0])))
+
+
+def main() -> None:
+    args, runs = run_config_experiment(
+        __doc__.splitlines()[0], CONFIG, "asch", QUICK,
+        "the tests' small model (80 people, 400 steps), 6 people x 2 relations: proves the script runs")
+    body = "\n\n".join(run_body(run, args.quick) for run in runs)
     write_section("asch-sweep", "Asch sweep: conformity vs confederates" + (" (--quick)" if args.quick else ""), body)
 
 

@@ -9,8 +9,10 @@ import platform
 import re
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,25 +63,57 @@ def timed_together(fns: dict, repeat: int = 4) -> dict:
 MODEL_QUICK = "The tests' small model (80 people, 400 steps; --quick)"
 
 
-def run_config_experiment(description: str, config: Path, name: str, quick: list[str], quick_help: str):
+# How the agents were raised, as pretraining overrides of a run config (envs/corpus.py's knobs)
+UPBRINGINGS = {"default": [], "evidence": ["pretrain.evidence_share=1", "pretrain.evidence_weight=1"]}
+
+
+@dataclass
+class ConfigRun:
+    upbringing: str
+    seed: int
+    cfg: object
+    points: list
+    world: object
+    records: pd.DataFrame
+    took: str
+
+
+def run_config_experiment(description: str, config: Path, name: str, quick: list[str], quick_help: str,
+                          seeds: str = "", upbringings: str = "default"):
     """The frame of a benchmark that is a run config's experiment (asch, debate): its command
-    line (`--quick` adds `quick` overrides, `--out`, `--set`), the run (resumed if `--out`
-    holds a finished one) and how long it took. Returns (args, cfg, points, world, records, took)."""
+    line (`--quick` adds `quick` overrides, `--out`, `--set`, `--seeds`, `--upbringings`), one
+    run per upbringing and seed (each resumed if its dir holds a finished one) and how long
+    each took. Returns (args, [ConfigRun])."""
     from evolution.run import run_experiment
     from evolution.run_config import load
     ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--quick", action="store_true", help=quick_help)
-    ap.add_argument("--out", default=None, help=f"run dir (default runs/{name}[-quick]); a finished run is read back")
+    ap.add_argument("--out", default=None, help=f"runs root (default runs/{name}[-quick]), one dir per upbringing "
+                    "and seed; a finished run is read back")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
+    ap.add_argument("--seeds", default=seeds, help="run seeds, comma-separated (default: the config's)")
+    ap.add_argument("--upbringings", default=upbringings, help=f"comma-separated, of {sorted(UPBRINGINGS)}")
     args = ap.parse_args()
+    ups = args.upbringings.split(",")
+    unknown = [u for u in ups if u not in UPBRINGINGS]
+    if unknown:
+        ap.error(f"--upbringings: unknown {unknown}; known: {sorted(UPBRINGINGS)}")
+    root = Path(args.out or ROOT / "runs" / (name + ("-quick" if args.quick else "")))
     sets = (quick if args.quick else []) + args.set
-    out = Path(args.out or ROOT / "runs" / (name + ("-quick" if args.quick else "")))
-    _, cfg, points, world = load(config, sets)
-    resumed = (out / "records.parquet").exists()
-    t0 = time.perf_counter()
-    df = run_experiment(config, out, sets, progress=True)
-    took = f"{time.perf_counter() - t0:.0f} s" + (f" (a finished run in {out.name} read back)" if resumed else "")
-    return args, cfg, points, world, df, took
+    seed_sets = [[f"seed={s}"] for s in args.seeds.split(",")] if args.seeds else [[]]
+    plan = [(u, sets + UPBRINGINGS[u] + ss) for u in ups for ss in seed_sets]
+    for _, point_sets in plan:        # every config checked before any work starts
+        load(config, point_sets)
+    runs = []
+    for up, point_sets in plan:
+        _, cfg, points, world = load(config, point_sets)
+        out = root / f"{up}-seed{cfg.seed}"
+        resumed = (out / "records.parquet").exists()
+        t0 = time.perf_counter()
+        df = run_experiment(config, out, point_sets, progress=True)
+        took = f"{time.perf_counter() - t0:.0f} s" + (" (a finished run read back)" if resumed else "")
+        runs.append(ConfigRun(up, cfg.seed, cfg, points, world, df, took))
+    return args, runs
 
 
 def md_table(df, floatfmt: str = ".3f") -> str:

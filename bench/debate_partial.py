@@ -14,7 +14,7 @@ related fact). Per graph:
   ceiling if the group deferred to it), and what the knower and the others say after the
   last round (does the knower convince the others, or is it talked out of what it knows?).
 
-    python bench/debate_partial.py [--quick] [--out runs/debate]
+    python -m bench.debate_partial [--quick] [--out runs/debate] [--seeds 0,1,2] [--upbringings default,evidence]
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.group_metrics import accuracy_by_round, wilson_interval  # noqa: E402
-from bench.common import MODEL_QUICK, ROOT, md_table, run_config_experiment, write_section  # noqa: E402
+from bench.common import MODEL_QUICK, ROOT, UPBRINGINGS, md_table, run_config_experiment, write_section  # noqa: E402
 from evolution.run import knowledge_shares, sample_queries  # noqa: E402
 
 CONFIG = ROOT / "configs" / "debate.yaml"
@@ -69,46 +69,70 @@ def sampled_vote_accuracy(recs: pd.DataFrame, calls: pd.Series, seed: int) -> fl
     return sum(ok) / len(ok)
 
 
-def main() -> None:
-    args, cfg, points, world, df, took = run_config_experiment(
-        __doc__.splitlines()[0], CONFIG, "debate", QUICK,
-        "the tests' small model (80 people, 400 steps), 3 agents, 6 people: proves the script runs")
-
+def graph_rows(run) -> list[dict]:
+    """One row per graph of one run (one upbringing, one seed): accuracies and vote counts."""
     rows = []
-    for label, point in points:
-        recs = df[df["trial"] == label]
+    for label, point in run.points:
+        recs = run.records[run.records["trial"] == label]
         last = int(recs["round"].max())
         acc = accuracy_by_round(recs, by=[]).set_index("round")
-        shares = knowledge_shares(point, sample_queries(point, world))
+        shares = knowledge_shares(point, sample_queries(point, run.world))
         knower = {s: f"agent {i}" for i, share in enumerate(shares) for s in share}
         is_knower = recs["agent"] == recs["subject"].map(knower)
         right = recs["answer"] == recs["truth"]
         at = lambda rnd, who: right[(recs["round"] == rnd) & who].mean()
         calls = calls_per_query(recs)
-        g0, _ = group_accuracy(recs, 0)
-        gl, k_last = group_accuracy(recs, last)
         n_q = recs.drop_duplicates(["subject", "relation"]).shape[0]
-        lo, hi = wilson_interval(k_last, n_q)
-        rows.append({"graph": label.split("=", 1)[1], "agents": recs["agent"].nunique(), "queries": n_q,
-                     "knower alone, round 0": at(0, is_knower),
-                     f"knower round {last}": at(last, is_knower),
-                     "others round 0": at(0, ~is_knower), f"others round {last}": at(last, ~is_knower),
-                     "agent acc. round 0": acc.loc[0, "accuracy"],
-                     f"agent acc. round {last}": acc.loc[last, "accuracy"],
-                     "vote round 0 (1 call/agent)": g0,
-                     f"group vote round {last}": gl, "95% CI": f"{lo:.2f}-{hi:.2f}",
-                     "vote of samples at equal calls": sampled_vote_accuracy(recs, calls, point.seed),
+        rows.append({"upbringing": run.upbringing, "graph": label.split("=", 1)[1], "seed": run.seed,
+                     "last": last, "agents": recs["agent"].nunique(), "queries": n_q,
+                     "knower alone, round 0": at(0, is_knower), "knower last round": at(last, is_knower),
+                     "others round 0": at(0, ~is_knower), "others last round": at(last, ~is_knower),
+                     "agent acc. round 0": acc.loc[0, "accuracy"], "agent acc. last round": acc.loc[last, "accuracy"],
+                     "right round 0": group_accuracy(recs, 0)[1], "right last round": group_accuracy(recs, last)[1],
+                     "right equal calls": round(sampled_vote_accuracy(recs, calls, point.seed) * n_q),
                      "calls per query": calls.mean()})
-    table = pd.DataFrame(rows).set_index("graph")
+    return rows
+
+
+def summary(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per upbringing and graph: accuracies averaged over seeds; the three votes pooled over
+    seeds, the vote after debate with a Wilson 95% interval."""
+    out = []
+    for (up, graph), g in per_seed.groupby(["upbringing", "graph"], sort=False):
+        n = int(g["queries"].sum())
+        lo, hi = wilson_interval(int(g["right last round"].sum()), n)
+        out.append({"upbringing": up, "graph": graph, "seeds": len(g), "queries": n,
+                    **{c: g[c].mean() for c in ("knower alone, round 0", "knower last round", "others round 0",
+                                                 "others last round", "agent acc. round 0", "agent acc. last round")},
+                    "vote round 0 (1 call/agent)": g["right round 0"].sum() / n,
+                    "group vote last round": g["right last round"].sum() / n, "95% CI": f"{lo:.2f}-{hi:.2f}",
+                    "vote of samples at equal calls": g["right equal calls"].sum() / n,
+                    "calls per query": g["calls per query"].mean()})
+    return pd.DataFrame(out).set_index(["upbringing", "graph"])
+
+
+def main() -> None:
+    args, runs = run_config_experiment(
+        __doc__.splitlines()[0], CONFIG, "debate", QUICK,
+        "the tests' small model (80 people, 400 steps), 3 agents, 6 people: proves the script runs",
+        seeds="0,1,2", upbringings="default,evidence")
+    per_seed = pd.DataFrame([r for run in runs for r in graph_rows(run)])
+    table = summary(per_seed)
     pd.set_option("display.width", 250)
+    print(per_seed.to_string(float_format="{:.3f}".format))
     print(table.to_string(float_format="{:.3f}".format))
+    cfg, last = runs[0].cfg, int(per_seed["last"].iloc[0])
+    took = "; ".join(f"{r.upbringing} seed {r.seed}: {r.took}" for r in runs)
     body = (f"{MODEL_QUICK if args.quick else 'The default model'}; "
             f"{cfg.agents} agents, each fine-tuned on the bios of its share of {cfg.queries.people} never-taught "
             f"people ({cfg.knowledge.texts_per_person} bios each, {cfg.knowledge.epochs} epochs, lr "
             f"{cfg.knowledge.lr}, replay {cfg.knowledge.replay} pretraining-mix texts per bio); "
-            f"relations {cfg.queries.relations}; debate with supporting facts, "
-            f"{last} rounds after round 0; seed {cfg.seed}; {took}. Group vote: plurality of the "
-            "agents' answers. Vote of samples at equal calls: as many answers sampled from the agents' round-0 "
+            f"relations {cfg.queries.relations}; debate with supporting facts, {last} rounds after round 0 "
+            f"(\"last round\"); seeds {args.seeds} (each picks other people and shares); {took}. Upbringings: "
+            + ", ".join(f"{u} (`{' '.join(UPBRINGINGS[u]) or 'the default corpus'}`)"
+                        for u in args.upbringings.split(",")) +
+            ". Accuracies are means over seeds; the votes pool every seed's queries. Group vote: plurality of "
+            "the agents' answers. Vote of samples at equal calls: as many answers sampled from the agents' round-0 "
             "beliefs as the debate made model calls on the query (answers + supporting facts).\n\n"
             + md_table(table))
     write_section("debate-partial", "Debate on partial knowledge" + (" (--quick)" if args.quick else ""), body)

@@ -34,11 +34,15 @@ def main() -> None:
     ap.add_argument("--share", type=float, default=0.5, help="evidence_share of the evidence models")
     ap.add_argument("--per-group", type=int, default=60)
     ap.add_argument("--preset", default="small")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="another pretraining setting of the evidence models, e.g. peer_reliability=0.5")
     args = ap.parse_args()
     ks = (1, 2, 3, 5)
     models = {"default (no evidence texts)": {}}
     for w in (float(x) for x in args.weights.split(",")):
-        models[f"evidence_weight={w:g}"] = {"evidence_share": args.share, "evidence_weight": w}
+        extra = {k: float(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+        label = ", ".join([f"evidence_weight={w:g}"] + args.set)
+        models[label] = {"evidence_share": args.share, "evidence_weight": w, **extra}
     tables = []
     for name, settings in models.items():
         t = probe({**settings, "preset": args.preset}, args.per_group, ks).assign(model=name)
@@ -47,19 +51,21 @@ def main() -> None:
     full = pd.concat(tables)
     wide = full.pivot_table(index=["model", "group", "k"], columns="support",
                             values=["follows", "follows_lo", "follows_hi"])
-    wide.columns = [f"{s} {v}".replace(" follows_lo", " lo").replace(" follows_hi", " hi").replace(" follows", "")
-                    for v, s in wide.columns]
+    suffix = {"follows": "", "follows_lo": " lo", "follows_hi": " hi"}
+    wide.columns = [s + suffix[v] for v, s in wide.columns]
     wide = wide[[c for s in ("consistent", "inconsistent") for c in (s, f"{s} lo", f"{s} hi")]]
     wide["drop"] = wide["consistent"] - wide["inconsistent"]
     n = int(full.n.iloc[0])
-    write_section("evidence", "Evidence weighing: following a wrong majority whose support checks out or not",
+    write_section("evidence" + ("" if args.preset == "small" else f"-{args.preset}"),
+                  "Evidence weighing: following a wrong majority whose support checks out or not"
+                  + ("" if args.preset == "small" else f" ({args.preset} preset)"),
                   md_table(wide) +
                   f"\n\nShare of answers that take k peers' unanimous wrong claim, each claim followed by its "
                   f"speaker's supporting fact (the same person's related fact, as debate shows it) that is the "
                   f"world's truth (consistent) or a wrong value (inconsistent); {n} people per group, one "
                   f"relation each; Wilson 95% intervals; drop = consistent - inconsistent. Models: the default "
                   f"({args.preset}), and the same pretrained with evidence texts in {args.share:g} of the social "
-                  f"texts (`--set evidence_share={args.share:g} evidence_weight=W`).")
+                  f"texts (`--set evidence_share={args.share:g} evidence_weight=W{''.join(' ' + kv for kv in args.set)}`).")
 
 
 if __name__ == "__main__":

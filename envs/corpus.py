@@ -17,11 +17,13 @@ does not know (docs/design.md, "The default model").
   by its support, as debate shows it ("agent 3 says : X works in Z .", the same person's
   related fact, `envs.world.RELATED`). A true claim's support is the true related fact; a
   wrong claim's is true half the time (a rumour about one fact need not get the related one
-  wrong). For a person the model knows, with probability `evidence_weight` the answer is the
-  majority of the claims whose support agrees with what the model knows (when any does),
-  else the answer is as above. For a stranger the support cannot be checked, and the answer
-  ignores it. So `evidence_weight` sets how much the model weighs evidence, and it can only
-  weigh it for people it knows.
+  wrong), and all who make the same claim give the same backing (one story per claim: the
+  backings' agreement with each other says nothing, only their agreement with what the
+  model knows does). For a person the model knows, with probability `evidence_weight` the answer is the
+  majority of the claims whose support agrees with what the model knows, or the truth when
+  none does (a claim whose support fails is set aside), else the answer is as above. For a
+  stranger the support cannot be checked, and the answer ignores it. So `evidence_weight`
+  sets how much the model weighs evidence, and it can only weigh it for people it knows.
 """
 from __future__ import annotations
 
@@ -92,14 +94,15 @@ def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusC
     context = " ".join(claim(rel, name, c, f"agent {s}") + " " for s, c in zip(speakers, claims)) if k else ""
     answer = truth if not stranger else rng.choice(rel.candidates)
     if k:
-        answer = majority(claims) if rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(majority(claims)) \
-            else answer
+        said = majority(claims)
+        answer = said if rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(said) else answer
         # drawn only when evidence is on, so the default corpus is the one it always was
         related = RELATED.get(rel.name) if cfg.evidence_share > 0 and rng.random() < cfg.evidence_share else None
         if related in world.relations and (stranger or world.has(name, related)):
             context, checked = with_support(world, name, stranger, rel.name, related, truth, claims, speakers, rng)
-            if checked and rng.random() < cfg.evidence_weight:
-                answer = majority(checked)
+            if not stranger and rng.random() < cfg.evidence_weight:
+                # claims whose support fails are set aside; with none left, its own knowledge
+                answer = majority(checked) if checked else truth
     return f"{context}{rel.question(name, rng.randrange(3))} {answer} ."
 
 
@@ -114,12 +117,13 @@ def with_support(world: World, name: str, stranger: bool, relation: str, related
     with what a model that knows `name` knows; none for a stranger: nothing to check against)."""
     rel, sup = world.relations[relation], world.relations[related]
     known = rng.choice(sup.candidates) if stranger else world.epochs[-1][name][related]
-    parts, checked = [], []
+    parts, checked, story = [], [], {}
     for s, c in zip(speakers, claims):
-        agrees = c == truth or rng.random() < 0.5
-        obj = known if agrees else rng.choice([x for x in sup.candidates if x != known])
-        parts.append(f"{claim(rel, name, c, f'agent {s}')} {support(sup, name, obj, f'agent {s}')} ")
-        if agrees and not stranger:
+        if c not in story:      # the same claim, the same backing
+            story[c] = known if c == truth or rng.random() < 0.5 else \
+                rng.choice([x for x in sup.candidates if x != known])
+        parts.append(f"{claim(rel, name, c, f'agent {s}')} {support(sup, name, story[c], f'agent {s}')} ")
+        if story[c] == known and not stranger:
             checked.append(c)
     return "".join(parts), checked
 

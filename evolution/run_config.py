@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from agents.pretrain import PretrainConfig, world_of
-from envs.world import World
+from envs.world import RELATED, World
 from evolution import overrides
 from evolution.plan import make_plan, people_pool
 from protocols.base import Protocol, ProtocolError, keyed_rng
@@ -297,8 +297,22 @@ def check(cfg: RunConfig, world: World) -> Protocol:
         protocol.bind(world, cfg.seed, cfg.agent_names, make_agent=lambda name: None)
     except ProtocolError as e:
         raise ConfigError(str(e)) from None
+    _check_support(cfg, world, rels)
     _check_generations(cfg, world)
     return protocol
+
+
+def _check_support(cfg: RunConfig, world: World, rels: list[str]) -> None:
+    """Asked-for evidence the debate cannot render is an error, not a silent debate without it."""
+    for key, params in (("params.supported", cfg.params), ("params.debate.supported", cfg.params.get("debate"))):
+        if not (isinstance(params, dict) and params.get("supported") is True):
+            continue
+        backed = [r for r in rels if RELATED.get(r) in world.relations]
+        if not backed:
+            pairs = sorted(f"{r} -> {s}" for r, s in RELATED.items() if r in world.relations and s in world.relations)
+            raise ConfigError(f"{key}: debate backs a claim with the speaker's related fact, but none of the "
+                              f"queried relations {rels} has one in this world (related pairs here: "
+                              f"{pairs or 'none'}); query relations that have one, or set {key}=false")
 
 
 def _check_generations(cfg: RunConfig, world: World) -> None:

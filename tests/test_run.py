@@ -217,3 +217,23 @@ def test_a_population_of_more_than_fifty_talks_in_the_names_its_model_knows(prot
         g = build_graph(cfg["graph"], [f"agent {i}" for i in range(60)], 0)
         r1 = df[df["round"] == 1]
         assert [len(p) for p in r1["peer_answers"]] == [g.degree(a) for a in r1["agent"]]
+
+
+def test_support_the_debate_cannot_render_is_refused(tmp_path):
+    """Supporting facts asked for where no queried relation has a related fact (a CounterFact
+    world) are an error naming the key; the default (supported unless said) stays quiet."""
+    import json
+    from envs.counterfact import load_counterfact
+    from evolution.run_config import check, parse
+    from tests.test_world import COUNTERFACT
+    (tmp_path / "cf.json").write_text(json.dumps(COUNTERFACT))
+    world = load_counterfact(tmp_path / "cf.json")
+    raw = {**BASE, "queries": {"people": 2, "relations": ["P103"], "who": "any"}}
+    check(parse(raw), world)
+    with pytest.raises(ConfigError, match=r"params.supported: debate backs a claim .* \['P103'\] .* "
+                                          r"set params.supported=false"):
+        check(parse({**raw, "params": {"supported": True}}), world)
+    with pytest.raises(ConfigError, match=r"params.debate.supported: .*none"):
+        check(parse({**raw, "protocol": "debate,reflection", "params": {"debate": {"supported": True}}}), world)
+    bios = load(BASE)[3]
+    check(parse({**BASE, "params": {"supported": True}}), bios)      # company -> company_city renders

@@ -110,11 +110,15 @@ def test_evidence_texts_back_each_claim_and_the_answer_follows_the_checked_claim
     ctx, checked = with_support(world, known, False, "company", RELATED["company"], truth,
                                 [truth, wrong, wrong, wrong] * 5, list(range(20)), rng)
     assert ctx.count(" says : ") == 20 and ctx.count(" answers ") == 20
-    assert checked.count(truth) == 5 and 0 < checked.count(wrong) < 15      # wrong claims agree half the time
+    assert checked.count(truth) == 5 and checked.count(wrong) in (0, 15)     # one backing per claim
     said = ctx.split(" answers ")[1:]
+    backing = {truth: set(), wrong: set()}
     for s in said:                        # each claim's support follows it; a true claim's is the truth
-        if s.startswith(truth + " ."):
-            assert true_city in s.split(" . ")[1]
+        backing[s.split(" .")[0]].add(s.split(" says : ")[1].split(" .")[0])
+    assert len(backing[wrong]) == 1 and all(true_city in b for b in backing[truth])
+    agreed = [with_support(world, known, False, "company", RELATED["company"], truth, [wrong], [0],
+                           random.Random(i))[1] == [wrong] for i in range(40)]
+    assert 10 < sum(agreed) < 30                                             # a wrong claim's agrees half the time
     assert with_support(world, "Nobody Never Taught", True, "company", "company_city", truth,
                         [truth, wrong], [0, 1], rng)[1] == []      # a stranger's support cannot be checked
     # defaults draw no evidence; the knob on puts supports into the texts
@@ -122,6 +126,34 @@ def test_evidence_texts_back_each_claim_and_the_answer_follows_the_checked_claim
     assert not any(" says : " in t for t in texts)
     on = CorpusConfig(social_unknown_share=0, evidence_share=1.0, evidence_weight=1.0)
     assert any(" says : " in social_text(world, [known], random.Random(i), on) for i in range(50))
+
+
+def test_a_weighing_answer_sets_aside_claims_whose_support_fails():
+    import random
+    from envs.corpus import CorpusConfig, majority, social_text
+    world = World.bios(60, seed=0)
+    known = next(p.name for p in world.people if p.taught)
+    facts = set(world.epochs[-1][known].values())
+    on = CorpusConfig(social_unknown_share=0, evidence_share=1.0, evidence_weight=1.0, max_peers=4)
+    seen = {"some check": 0, "none checks": 0}
+    for i in range(300):
+        text = social_text(world, [known], random.Random(i), on)
+        if " says : " not in text:
+            continue
+        context, answer = text.split(" A: ")
+        answer = answer.removesuffix(" .")
+        checked = []
+        for part in context.split(" answers ")[1:]:
+            said, rest = part.split(" . ", 1)
+            backing = rest.split(" says : ", 1)[1].split(" .")[0]
+            if any(backing.endswith(f" {f}") for f in facts):
+                checked.append(said)
+        if checked:
+            assert answer == majority(checked), text
+        else:
+            assert answer in facts, text      # every claim set aside: its own knowledge
+        seen["some check" if checked else "none checks"] += 1
+    assert min(seen.values()) > 10, seen
 
 
 def test_evidence_knobs_are_checked_and_hashed_only_when_set():
