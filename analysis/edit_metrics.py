@@ -67,6 +67,8 @@ def _edited(world: World, requests) -> tuple[set[str], set[tuple[str, str]]]:
 
 
 def _check_requests(world: World, requests) -> None:
+    """Subjects and relations of the world, and targets among the candidates (an erase
+    request has none)."""
     if not requests:
         raise MetricsError("requests: empty; give the edit requests that were applied")
     names = {p.name for p in world.people}
@@ -76,7 +78,7 @@ def _check_requests(world: World, requests) -> None:
                                "world's questions, so edit people of the world")
         if r.relation not in world.relations:
             raise MetricsError(f"request {i}: unknown relation {r.relation!r}; known: {sorted(world.relations)}")
-        if r.target not in world.relations[r.relation].candidates:
+        if getattr(r, "target", None) is not None and r.target not in world.relations[r.relation].candidates:
             raise MetricsError(f"request {i}: target {r.target!r} is not a candidate of {r.relation!r}")
 
 

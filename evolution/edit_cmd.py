@@ -21,10 +21,11 @@ from pathlib import Path
 from evolution.overrides import flat_sets
 
 
-def target_logprobs(agent, requests) -> list[float]:
+def target_logprobs(agent, requests, field: str = "target") -> list[float]:
+    """Each request's `field` (the target; an erasure's truth) log-probability after its prompt."""
     from agents.scoring import candidate_logprobs
     scores = candidate_logprobs(agent.model, agent.tokenizer, [r.prompt for r in requests],
-                                [(r.target,) for r in requests])
+                                [(getattr(r, field),) for r in requests])
     return [round(float(s[0]), 4) for s in scores]
 
 
@@ -65,10 +66,14 @@ def cmd_edit(args) -> int:
     from agents.methods import editor
     from envs.world import World
     from evolution.editors.requests import read_requests, validate_requests
-    editor(args.method)                       # unknown method: error before any work
+    erasing = getattr(editor(args.method), "request_kind", "edit") == "erase"   # unknown method: error here
     hp = flat_sets(args.set)
-    requests = read_requests(args.requests)
-    from evolution.outputs import check_new_dir, publish, staging
+    if erasing:
+        from evolution.editors.erase import read_erase_requests
+        requests = read_erase_requests(args.requests)
+    else:
+        requests = read_requests(args.requests)
+    from evolution.outputs import check_new_dir
     src, out = Path(args.model), check_new_dir(args.out, "--out")
     if args.adapter:
         check_new_dir(args.adapter, "--adapter")
@@ -77,6 +82,8 @@ def cmd_edit(args) -> int:
     if args.world and not world_file.is_file():
         raise ValueError(f"--world {args.world!r} does not exist")
     world = World.load(world_file) if world_file.is_file() else None
+    if erasing:
+        return _erase(agent, args, requests, world, hp, src, out)
     requests = validate_requests(agent, requests, world, check_current=not args.allow_current)
     in_world = world is not None and all(r.subject in {p.name for p in world.people} for r in requests)
     if in_world:
@@ -95,7 +102,43 @@ def cmd_edit(args) -> int:
         metrics.update(evaluate_edits(agent, world, requests, before=baseline))
     result = {"method": args.method, "model": str(src), "hparams": hp, "report": report.to_dict(),
               "metrics": metrics, "requests": [r.to_dict() for r in requests]}
-    final, out = out, staging(out)      # both dirs are filled aside and renamed into place at the end
+    _publish(agent, args, result, src, out)
+    shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
+    print(f"edited {len(requests)} fact(s) with {args.method} in {report.seconds:.1f}s "
+          f"(layers {report.layers}); model written to {out}\n{json.dumps(shown)}")
+    return 0
+
+
+def _erase(agent, args, requests, world, hp: dict, src: Path, out: Path) -> int:
+    """`knowevo edit --method npo|ga|erase`: requests name facts without a target; the metrics
+    are analysis.erasure's (erased accuracy beside the never-taught level, locality)."""
+    from analysis.erasure import erasure_baseline, evaluate_erasure
+    from evolution.editors.erase import validate_erase_requests
+    requests = validate_erase_requests(agent, requests, world)
+    baseline = erasure_baseline(agent, world, requests, n_locality=min(args.locality, _others(world, requests)))
+    lp_before = target_logprobs(agent, requests, "truth")
+    report = agent.edit(requests, method=args.method, world=world, **hp)
+    metrics = {"truth_logprob_before": lp_before, "truth_logprob_after": target_logprobs(agent, requests, "truth"),
+               **evaluate_erasure(agent, world, requests, baseline)}
+    result = {"method": args.method, "model": str(src), "hparams": hp, "report": report.to_dict(),
+              "metrics": metrics, "requests": [r.to_dict() for r in requests]}
+    _publish(agent, args, result, src, out)
+    shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
+    print(f"erased {len(requests)} fact(s) with {args.method} in {report.seconds:.1f}s "
+          f"({report.details['steps']} steps, truth at the never-taught level: {report.ok}); model written to "
+          f"{out}\n{json.dumps(shown)}")
+    return 0
+
+
+def _others(world, requests) -> int:
+    from analysis.edit_metrics import locality_pool
+    return len(locality_pool(world, requests))
+
+
+def _publish(agent, args, result: dict, src: Path, out: Path) -> None:
+    """Fill the output dirs aside and rename them into place: all of them or none."""
+    from evolution.outputs import publish, staging
+    final, out = out, staging(out)
     adapter_tmp = staging(args.adapter) if args.adapter else None
     try:
         _write_outputs(agent, args, result, src, out, adapter_tmp)
@@ -107,18 +150,14 @@ def cmd_edit(args) -> int:
     publish(out, final)
     if args.adapter:
         publish(adapter_tmp, args.adapter)
-    out = final
-    shown = {k: round(v, 3) for k, v in metrics.items() if isinstance(v, float)}
-    print(f"edited {len(requests)} fact(s) with {args.method} in {report.seconds:.1f}s "
-          f"(layers {report.layers}); model written to {out}\n{json.dumps(shown)}")
-    return 0
 
 
 def add_edit_parser(sub) -> None:
     e = sub.add_parser("edit", help="edit facts in a model dir (ROME, MEMIT, ...) and write the edited model")
     e.add_argument("--model", required=True, help="model dir (knowevo pretrain output or a HF checkpoint)")
-    e.add_argument("--method", default="rome", help="editor: rome, memit, ft_l, wise, memoir, an entry point of knowevo.editors, or package.module:function")
-    e.add_argument("--requests", required=True, help='JSON lines: {"subject", "relation", "target"[, "prompt"]}')
+    e.add_argument("--method", default="rome", help="editor: rome, memit, ft_l, wise, memoir; eraser: ga, npo, erase; an entry point of knowevo.editors, or package.module:function")
+    e.add_argument("--requests", required=True, help='JSON lines: {"subject", "relation", "target"[, "prompt"]}; for ga, npo and erase '
+                   '{"subject", "relation"} (the fact to erase)')
     e.add_argument("--out", required=True, help="new directory for the edited model and metrics.json")
     e.add_argument("--world", default=None, help="world.json (default: the one in --model)")
     e.add_argument("--set", action="append", metavar="KEY=VALUE", help="editor hparam, e.g. --set layer=0")

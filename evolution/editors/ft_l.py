@@ -11,6 +11,7 @@ default model (docs/design.md, "The default model"), so 0 is the default here.
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -76,12 +77,44 @@ def target_batch(tokenizer, prompts: list[str], targets: list[str], device):
     return ids.to(device), mask.to(device), labels.to(device)
 
 
-def target_nll(model, ids, mask, labels) -> torch.Tensor:
-    """Mean over rows of the target's summed token NLL (so multi-token targets weigh fully)."""
+def row_logprobs(model, ids, mask, labels) -> torch.Tensor:
+    """Per row, the target's summed token log-probability (multi-token targets weigh fully)."""
     logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
     lab = labels[:, 1:]
     nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), lab, reduction="none", ignore_index=-100)
-    return nll.sum(1).mean()
+    return -nll.sum(1)
+
+
+def target_nll(model, ids, mask, labels) -> torch.Tensor:
+    """Mean over rows of the target's summed token NLL."""
+    return -row_logprobs(model, ids, mask, labels).mean()
+
+
+@torch.no_grad()
+def kept_near(params, start, bound: float, name: str, hint: str) -> None:
+    """After a step: a non-finite weight is an EditError (the caller restores the weights);
+    with `bound` > 0 each weight is clamped to within `bound` of its value in `start`."""
+    for p, p0 in zip(params, start):
+        check_finite(name, p, hint)
+        if bound > 0:
+            p.copy_(torch.clamp(p, p0 - bound, p0 + bound))
+
+
+@contextlib.contextmanager
+def trainable_only(model, params):
+    """Only `params` take gradients inside the block; every flag, the grads and eval mode are
+    put back after it."""
+    trainable = {id(p) for p in params}
+    saved = {n: p.requires_grad for n, p in model.named_parameters()}
+    try:
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+        yield
+    finally:
+        for n, p in model.named_parameters():
+            p.requires_grad_(saved[n])
+            p.grad = None
+        model.eval()
 
 
 @register_editor("ft_l", hparams=FTLHyperParams, also=('world',))
@@ -96,37 +129,23 @@ def ft_l(agent, requests, world=None, **hparams) -> EditReport:
     names = [n for n, p in model.named_parameters() if any(p is q for q in params)]
     t0, losses = time.time(), []
     bs = hp.batch_size or len(reqs)
-    trainable = {id(p) for p in params}
-    saved_grad = {n: p.requires_grad for n, p in model.named_parameters()}
-    with weights_restored_on_error(model):
-        try:
-            for n, p in model.named_parameters():
-                p.requires_grad_(id(p) in trainable)
-            for b in range(0, len(reqs), bs):
-                chunk = reqs[b:b + bs]
-                ids, mask, labels = target_batch(agent.tokenizer, [r.prompt for r in chunk],
-                                                 [r.target for r in chunk], agent.device)
-                start = [p.detach().clone() for p in params]
-                opt = torch.optim.Adam(params, lr=hp.lr)
-                for _ in range(hp.steps):
-                    loss = target_nll(model, ids, mask, labels)
-                    check_finite("ft_l loss", loss.detach(), f"lower lr ({hp.lr})")
-                    losses.append(loss.item())
-                    if loss.item() < hp.stop_loss:
-                        break
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    with torch.no_grad():
-                        for p, p0 in zip(params, start):
-                            check_finite(f"ft_l update of layer {hp.layer}", p, f"lower lr ({hp.lr})")
-                            if hp.norm_constraint > 0:
-                                p.copy_(torch.clamp(p, p0 - hp.norm_constraint, p0 + hp.norm_constraint))
-        finally:
-            for n, p in model.named_parameters():
-                p.requires_grad_(saved_grad[n])
-                p.grad = None
-            model.eval()
+    with weights_restored_on_error(model), trainable_only(model, params):
+        for b in range(0, len(reqs), bs):
+            chunk = reqs[b:b + bs]
+            ids, mask, labels = target_batch(agent.tokenizer, [r.prompt for r in chunk],
+                                             [r.target for r in chunk], agent.device)
+            start = [p.detach().clone() for p in params]
+            opt = torch.optim.Adam(params, lr=hp.lr)
+            for _ in range(hp.steps):
+                loss = target_nll(model, ids, mask, labels)
+                check_finite("ft_l loss", loss.detach(), f"lower lr ({hp.lr})")
+                losses.append(loss.item())
+                if loss.item() < hp.stop_loss:
+                    break
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                kept_near(params, start, hp.norm_constraint, f"ft_l update of layer {hp.layer}", f"lower lr ({hp.lr})")
     return EditReport("ft_l", len(reqs), round(time.time() - t0, 4), [hp.layer], True,
                       {"params": names, "steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1],
                        "norm_constraint": hp.norm_constraint, "module": hp.module})

@@ -149,8 +149,10 @@ def counterfactual_requests(world, n: int, seed: int = 0, relations: Iterable[st
     return out
 
 
-def read_requests(path: str | Path) -> list[EditRequest]:
-    """Requests from a JSON-lines file, one {subject, relation, target[, prompt]} per line."""
+def read_requests(path: str | Path, parse=None) -> list[EditRequest]:
+    """Requests from a JSON-lines file, one {subject, relation, target[, prompt]} per line
+    (`parse`: another request reader, such as erasure's, which takes no target)."""
+    parse = parse or as_request
     path = Path(path)
     if not path.is_file():
         raise EditError(f"requests file {str(path)!r} does not exist; give a .jsonl file with one "
@@ -164,7 +166,7 @@ def read_requests(path: str | Path) -> list[EditRequest]:
         except json.JSONDecodeError as e:
             raise EditError(f"requests file {str(path)!r} line {i}: not JSON ({e.msg})") from None
         try:
-            out.append(as_request(row))
+            out.append(parse(row))
         except EditError as e:
             raise EditError(f"requests file {str(path)!r} line {i}: {e}") from None
     if not out:

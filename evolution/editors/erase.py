@@ -1,0 +1,385 @@
+"""Erasing a fact: the editors `ga` (gradient ascent), `npo` (negative preference
+optimization) and `erase` (rewrite toward what the model holds for people it never learned).
+
+An erase request names a fact, `{"subject", "relation"}`, without a target: the model is to
+stop knowing it. Each method trains one layer's MLP (layer 0, where the default model keeps
+its facts: docs/design.md) on the fact's prompts (its question, the relation's other training
+questions and its bio statements; the held-out questions measure whether the erasure
+generalizes), with a retain term that holds the model on the same people's other relations and on other
+people's facts (KL to the unedited model's next-token distribution, over the whole
+vocabulary at every token of each fact's text and its unedited answer: held over the
+candidates alone, the greedy text drifted, locality by generation .59 at 100 erased facts;
+asked in the relation's other training forms, so the question the metrics ask stays held
+out), and
+stops once the erased facts' truth is no likelier than it is for people the model was never
+taught (the "unknown" level, measured on the agent before the call, plus `margin`). The three differ in
+what they push on:
+
+- `ga` lowers the truth's log-probability (unbounded: it overshoots unless stopped);
+- `npo` lowers it relative to the unedited model through a log-sigmoid (Zhang et al., 2024),
+  so the push fades as the fact goes: -(2/beta) log sigmoid(-beta (log p - log p_ref));
+- `erase` moves the whole belief over the candidates to the never-taught people's mean belief
+  for that relation (KL), so the model answers as it does about strangers, not "anything but
+  the truth", which is what the other two learn and what a probe can read back.
+
+Whether the fact is gone or only hidden is measured apart (evolution.residue: a linear probe
+on hidden states, and how fast fine-tuning brings it back).
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from agents.hparams import HyperParams, is_int, is_number
+from agents.methods import register_editor
+from agents.scoring import mask_dtype, packed_rows, score_packed
+from envs.facts import Query
+from evolution.editors.ft_l import MODULES, kept_near, row_logprobs, target_batch, trainable_only, trained_weights
+from evolution.editors.requests import (EditError, EditReport, check_finite, read_requests,
+                                        weights_restored_on_error)
+from evolution.editors.rome.compute_u import prompt_forms
+from evolution.editors.rome.repr_tools import padded
+
+
+@dataclass
+class EraseRequest:
+    subject: str
+    relation: str
+    prompt: str | None = None
+    truth: str | None = None     # filled from the world by validation: what the model is to stop answering
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def as_erase_request(row) -> EraseRequest:
+    """An EraseRequest from a request, a dict {subject, relation[, prompt]} or a (subject,
+    relation) tuple."""
+    if isinstance(row, EraseRequest):
+        return row
+    if isinstance(row, dict):
+        missing = [k for k in ("subject", "relation") if k not in row or row[k] in (None, "")]
+        if missing:
+            raise EditError(f"erase request {row!r}: missing field {missing[0]!r}; each erase request needs "
+                            "'subject' and 'relation' (and optionally 'prompt')")
+        if "target" in row:
+            raise EditError(f"erase request {row!r}: an erase request has no 'target' (the model is to stop "
+                            "knowing the fact); drop it, or use an editor such as rome to change the fact")
+        extra = set(row) - {"subject", "relation", "prompt"}
+        if extra:
+            raise EditError(f"erase request {row!r}: unknown field {sorted(extra)[0]!r}; allowed: "
+                            "subject, relation, prompt")
+        return EraseRequest(str(row["subject"]), str(row["relation"]), row.get("prompt"))
+    if isinstance(row, (tuple, list)) and len(row) == 2:
+        return EraseRequest(*row)
+    if hasattr(row, "subject") and hasattr(row, "relation"):   # an EditRequest or a Fact: its fact
+        return EraseRequest(row.subject, row.relation, getattr(row, "prompt", None))
+    raise EditError(f"erase request {row!r}: give a dict with subject/relation or a (subject, relation) tuple")
+
+
+def read_erase_requests(path: str | Path) -> list[EraseRequest]:
+    """Erase requests from a JSON-lines file, one {subject, relation[, prompt]} per line."""
+    return read_requests(path, parse=as_erase_request)
+
+
+def known_fact_requests(agent, world, n: int, seed: int = 0) -> list[EraseRequest]:
+    """`n` erase requests on facts the agent answers right, one per person (taught people,
+    relations not derived from another), drawn with `seed`: what an erasure benchmark erases."""
+    facts = [(p.name, r) for p in world.people if p.taught for r in world.relations_of(p.name)
+             if r not in world.derived]
+    known = [f for f, b in zip(facts, agent.beliefs([world.query(s, r) for s, r in facts])) if b.correct]
+    rng = random.Random(seed)
+    one_each: dict[str, tuple[str, str]] = {}
+    for s, r in rng.sample(known, len(known)):
+        one_each.setdefault(s, (s, r))
+    if n > len(one_each):
+        raise EditError(f"n: {n} facts on distinct people, but the agent knows facts of {len(one_each)} people; "
+                        "lower n")
+    return [EraseRequest(s, r) for s, r in rng.sample(sorted(one_each.values()), n)]
+
+
+def validate_erase_requests(agent, requests, world) -> list[EraseRequest]:
+    """Resolved erase requests (prompt and truth from the world), or an EditError naming the
+    first bad one. A fact the agent does not answer now is refused: there is nothing to erase."""
+    if world is None:
+        raise EditError("world: erasure needs the world (the fact's truth, its candidates, and the people "
+                        "never taught, whose belief is the erased fact's target); pass world=")
+    if isinstance(requests, (EraseRequest, dict)):
+        requests = [requests]
+    reqs = [as_erase_request(r) for r in requests]
+    if not reqs:
+        raise EditError("requests: empty; give at least one erase request")
+    names, out, seen = {p.name for p in world.people}, [], set()
+    for i, r in enumerate(reqs):
+        where = f"erase request {i} ({r.subject!r}, {r.relation!r})"
+        if r.relation not in world.relations:
+            raise EditError(f"{where}: unknown relation {r.relation!r}; known: {sorted(world.relations)}")
+        if r.relation in world.derived:
+            raise EditError(f"{where}: {r.relation!r} follows from {world.derived[r.relation][0]!r}; erase that")
+        if r.subject not in names or not world.has(r.subject, r.relation):
+            raise EditError(f"{where}: the world has no such fact; erase a fact of a person in the world")
+        if (r.subject, r.relation) in seen:
+            raise EditError(f"{where}: the same fact twice; give each fact once")
+        seen.add((r.subject, r.relation))
+        prompt = r.prompt or world.query(r.subject, r.relation, "question").prompt
+        if r.subject not in prompt:
+            raise EditError(f"{where}: subject {r.subject!r} does not occur in the prompt {prompt!r}")
+        out.append(EraseRequest(r.subject, r.relation, prompt, world.truth(r.subject, r.relation)))
+    qs = [Query(r.subject, r.relation, r.prompt, world.relations[r.relation].candidates, r.truth) for r in out]
+    for i, (r, b) in enumerate(zip(out, agent.beliefs(qs))):
+        if b.answer != r.truth:
+            raise EditError(f"erase request {i} ({r.subject!r}, {r.relation!r}): the agent does not know this "
+                            f"fact (it answers {b.answer!r}, the truth is {r.truth!r}), so there is nothing to "
+                            "erase; drop the request")
+    return out
+
+
+def unknown_beliefs(agent, world, relations) -> dict[str, torch.Tensor]:
+    """Per relation, the agent's mean belief over the candidates for people it was never taught
+    (question form): what it holds about someone it knows nothing of."""
+    out = {}
+    for rel in sorted(set(relations)):
+        people = [p.name for p in world.people if not p.taught and world.has(p.name, rel)]
+        if not people:
+            raise EditError(f"relation {rel!r}: the world has no never-taught person with it, so there is no "
+                            "'unknown' belief to erase toward; use a world with untaught_fraction > 0")
+        beliefs = agent.beliefs([world.query(s, rel, "question") for s in people])
+        out[rel] = torch.tensor([[b.prob(c) for c in world.relations[rel].candidates] for b in beliefs]).mean(0)
+    return out
+
+
+def truth_probability(agent, world, reqs: list[EraseRequest]) -> torch.Tensor:
+    """Each request's truth probability over its candidates, question form."""
+    qs = [Query(r.subject, r.relation, r.prompt, world.relations[r.relation].candidates, r.truth) for r in reqs]
+    return torch.tensor([b.p_truth for b in agent.beliefs(qs)])
+
+
+def retain_queries(world, reqs: list[EraseRequest], n_other: int, seed: int) -> list[Query]:
+    """The erased people's other relations (not derived from an erased one), then `n_other`
+    facts of taught people no request names: what the retain term holds. Asked in the
+    relation's other training forms (its paraphrase questions and bio statements, in turn),
+    never its first question, the form the metrics ask, so locality is measured on prompts
+    the retain term did not see (a relation with one question and no template is asked so)."""
+    erased = {(r.subject, r.relation) for r in reqs}
+    for r in reqs:
+        erased |= {(r.subject, d) for d, (src, _) in world.derived.items() if src == r.relation}
+    subjects = {r.subject for r in reqs}
+    same = [(s, rel) for s in sorted(subjects) for rel in world.relations_of(s) if (s, rel) not in erased]
+    pool = [(p.name, rel) for p in world.people if p.taught and p.name not in subjects
+            for rel in world.relations_of(p.name)]
+    other = random.Random(seed).sample(pool, min(n_other, len(pool)))
+    def form(rel: str, k: int) -> str:
+        r = world.relations[rel]
+        forms = [f"question:{i}" for i in range(1, len(r.questions))] + [f"template:{i}" for i in range(len(r.templates))]
+        return forms[k % len(forms)] if forms else "question"
+    return [world.query(s, rel, form(rel, k)) for k, (s, rel) in enumerate(same + other)]
+
+
+def candidate_distributions(model, tokenizer, prompts: list[str], candidates: list[tuple[str, ...]]) -> list[torch.Tensor]:
+    """Per prompt, log-softmax over its candidates of their summed log-probs, with gradients
+    (the scorer's packed layout: each prompt once, its candidates after it)."""
+    rows = packed_rows(tokenizer, prompts, candidates)
+    device = next(model.parameters()).device
+    fwd = lambda idx, ids, pos, mask: model(input_ids=ids, position_ids=pos, attention_mask=mask).logits
+    scores = score_packed(fwd, rows, tokenizer.pad_token_id, len(rows), mask_dtype(model), device)
+    return [torch.log_softmax(s, 0) for s in scores]
+
+
+def next_token_logprobs(model, ids, mask) -> torch.Tensor:
+    """[b, T, vocab] log-softmax of the next-token logits."""
+    return torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), -1)
+
+
+def token_kl(ref: torch.Tensor, cur: torch.Tensor, mask) -> torch.Tensor:
+    """KL(ref || cur) of the next-token distributions, summed over each text's real tokens and
+    averaged over texts (a per-token mean would let the prompt's tokens, which barely move,
+    dilute the answer's: ga and npo then wiped out locality, .2 at 100 erased facts)."""
+    kl = (ref.exp() * (ref - cur)).sum(-1)
+    return (kl * mask.to(kl.dtype)).sum(1).mean()
+
+
+def kl_to(targets: list[torch.Tensor], logps: list[torch.Tensor]) -> torch.Tensor:
+    """Mean over rows of KL(target || model), targets as probabilities."""
+    return torch.stack([(q * (q.clamp_min(1e-12).log() - lp)).sum() for q, lp in zip(targets, logps)]).mean()
+
+
+@dataclass
+class EraseHyperParams(HyperParams):
+    method = "erase"
+    error = EditError
+
+    layer: int = 0
+    module: str = "mlp"            # "mlp": all of the layer's MLP projections; "down_proj": its output only
+    lr: float = 2e-3               # erase's bounded KL takes a larger step than ga's and npo's push (1e-3)
+    steps: int = 400
+    norm_constraint: float = 0.0   # L-inf bound on each weight's change; 0 = unconstrained
+    retain_weight: float = 5.0     # weight of the KL that holds the rest of the model
+    retain: int = 200              # other taught people's facts in the retain term (besides the same people's)
+    retain_batch: int = 64         # retain queries per step, drawn afresh each step (0: all of them)
+    forget_batch: int = 128        # forget prompts per step, drawn afresh each step (0: all of them)
+    margin: float = 0.01           # stop once the erased truths' mean probability <= the never-taught level + this
+    forms: bool = True             # train on the relation's other training questions and bio statements too
+    check_every: int = 1           # steps between checks of the stopping rule
+    seed: int = 0
+
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        return {"layer": (is_int(self.layer, 0), "a layer index"),
+                "module": (self.module in MODULES, f"one of {MODULES}"),
+                "lr": (is_number(self.lr, above=0), "a number > 0"),
+                "steps": (is_int(self.steps, 1), "an int >= 1"),
+                "norm_constraint": (is_number(self.norm_constraint, least=0), "a finite number >= 0 (0: unconstrained)"),
+                "retain_weight": (is_number(self.retain_weight, least=0), "a finite number >= 0"),
+                "retain": (is_int(self.retain, 0), "an int >= 0"),
+                "retain_batch": (is_int(self.retain_batch, 0), "an int >= 0 (0: every retain query each step)"),
+                "forget_batch": (is_int(self.forget_batch, 0), "an int >= 0 (0: every forget prompt each step)"),
+                "margin": (is_number(self.margin, least=0), "a finite number >= 0"),
+                "check_every": (is_int(self.check_every, 1), "an int >= 1"),
+                "seed": (is_int(self.seed), "an int")}
+
+
+@dataclass
+class GAHyperParams(EraseHyperParams):
+    method = "ga"
+    lr: float = 1e-3
+
+
+@dataclass
+class NPOHyperParams(EraseHyperParams):
+    method = "npo"
+    lr: float = 1e-3
+    beta: float = 0.1
+
+    def rules(self) -> dict[str, tuple[bool, str]]:
+        return {**super().rules(), "beta": (is_number(self.beta, above=0), "a number > 0")}
+
+
+def forget_rows(agent, world, reqs: list[EraseRequest], forms: bool) -> list[tuple[EraseRequest, str]]:
+    """(request, prompt) per prompt the erasure trains on."""
+    return [(r, p) for r in reqs for p in (prompt_forms(r, world) if forms else [r.prompt])]
+
+
+def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_loss) -> EditReport:
+    """The loop the three erasers share: `forget_loss(model, tok, rows, pick)` pushes the facts
+    out (on the rows `pick`, a fresh draw of `forget_batch` each step), a KL
+    to the unedited beliefs holds the retain queries, and training stops once the erased
+    truths are as likely as the never-taught level (mean over the requests)."""
+    reqs = validate_erase_requests(agent, requests, world)
+    model, tok = agent.model, agent.tokenizer
+    params = trained_weights(model, hp.layer, hp.module)
+    unknown = unknown_beliefs(agent, world, {r.relation for r in reqs})
+    level = float(torch.stack([unknown[r.relation][world.relations[r.relation].candidates.index(r.truth)]
+                               for r in reqs]).mean())
+    rows = forget_rows(agent, world, reqs, hp.forms)
+    retain = retain_queries(world, reqs, hp.retain, hp.seed)
+    if retain:
+        answers = [b.answer for b in agent.beliefs(retain)]
+        ids, mask = padded(tok([f"{q.prompt} {a}" for q, a in zip(retain, answers)]).input_ids, tok.pad_token_id,
+                           agent.device)
+        with torch.no_grad():
+            retain_ref = next_token_logprobs(model, ids, mask)
+    rng = random.Random(hp.seed)
+    p_before = float(truth_probability(agent, world, reqs).mean())
+    t0, losses, p_now, step = time.time(), [], p_before, 0
+    with weights_restored_on_error(model), trainable_only(model, params):
+        forget_loss.prepare(model, tok, rows, unknown, world)
+        opt = torch.optim.Adam(params, lr=hp.lr)
+        start = [p.detach().clone() for p in params]
+        for step in range(hp.steps + 1):
+            if step % hp.check_every == 0 or step == hp.steps:
+                p_now = float(truth_probability(agent, world, reqs).mean())
+                if p_now <= level + hp.margin or step == hp.steps:
+                    break
+            pick = sorted(rng.sample(range(len(rows)), min(hp.forget_batch or len(rows), len(rows))))
+            loss = forget_loss(model, tok, rows, pick)
+            if retain and hp.retain_weight > 0:
+                pick = torch.tensor(rng.sample(range(len(retain)), min(hp.retain_batch or len(retain), len(retain))))
+                loss = loss + hp.retain_weight * token_kl(retain_ref[pick], next_token_logprobs(model, ids[pick], mask[pick]),
+                                                          mask[pick])
+            check_finite(f"{method} loss", loss.detach(), f"lower lr ({hp.lr})")
+            losses.append(loss.item())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            kept_near(params, start, hp.norm_constraint, f"{method} update of layer {hp.layer}", f"lower lr ({hp.lr})")
+    return EditReport(method, len(reqs), round(time.time() - t0, 4), [hp.layer], p_now <= level + hp.margin,
+                      {"steps": step, "p_truth_before": p_before, "p_truth_after": p_now, "unknown_level": level,
+                       "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
+                       "forget_prompts": len(rows), "retain_queries": len(retain), "module": hp.module})
+
+
+class TruthLogLikelihood:
+    """ga's forget loss: the mean summed log-probability of the truth after each prompt."""
+
+    def prepare(self, model, tok, rows, unknown, world):
+        self.batch = target_batch(tok, [p for _, p in rows], [r.truth for r, _ in rows],
+                                  next(model.parameters()).device)
+
+    def _picked(self, pick):
+        return [t[pick] for t in self.batch]
+
+    def __call__(self, model, tok, rows, pick):
+        return row_logprobs(model, *self._picked(pick)).mean()
+
+
+class NegativePreference(TruthLogLikelihood):
+    """npo's forget loss: -(2/beta) mean log sigmoid(-beta (log p - log p_ref))."""
+
+    def __init__(self, beta: float):
+        self.beta = beta
+
+    def prepare(self, model, tok, rows, unknown, world):
+        super().prepare(model, tok, rows, unknown, world)
+        with torch.no_grad():
+            self.ref = row_logprobs(model, *self.batch)
+
+    def __call__(self, model, tok, rows, pick):
+        ratio = row_logprobs(model, *self._picked(pick)) - self.ref[pick]
+        return -(2 / self.beta) * torch.nn.functional.logsigmoid(-self.beta * ratio).mean()
+
+
+class TowardUnknown:
+    """erase's forget loss: KL from the never-taught mean belief to the model's belief over the
+    relation's candidates, after each prompt."""
+
+    def prepare(self, model, tok, rows, unknown, world):
+        self.targets = [unknown[r.relation] for r, _ in rows]
+        self.cands = [world.relations[r.relation].candidates for r, _ in rows]
+
+    def __call__(self, model, tok, rows, pick):
+        return kl_to([self.targets[i] for i in pick],
+                     candidate_distributions(model, tok, [rows[i][1] for i in pick], [self.cands[i] for i in pick]))
+
+
+def _eraser(fn):
+    fn.request_kind = "erase"       # knowevo edit reads its requests as erase requests
+    return fn
+
+
+@_eraser
+@register_editor("ga", hparams=GAHyperParams, also=("world",))
+def ga(agent, requests, world=None, **hparams) -> EditReport:
+    """Erase facts by gradient ascent on their truth's likelihood, stopped at the never-taught
+    level. Bad requests or hparams raise before any weight moves."""
+    hp = GAHyperParams.read(hparams, also_known=("world",))
+    return unlearn("ga", agent, requests, world, hp, TruthLogLikelihood())
+
+
+@_eraser
+@register_editor("npo", hparams=NPOHyperParams, also=("world",))
+def npo(agent, requests, world=None, **hparams) -> EditReport:
+    """Erase facts by negative preference optimization against the unedited model."""
+    hp = NPOHyperParams.read(hparams, also_known=("world",))
+    return unlearn("npo", agent, requests, world, hp, NegativePreference(hp.beta))
+
+
+@_eraser
+@register_editor("erase", hparams=EraseHyperParams, also=("world",))
+def erase(agent, requests, world=None, **hparams) -> EditReport:
+    """Erase facts by moving the belief over the candidates to what the agent holds for people
+    it was never taught."""
+    hp = EraseHyperParams.read(hparams, also_known=("world",))
+    return unlearn("erase", agent, requests, world, hp, TowardUnknown())
