@@ -13,6 +13,7 @@ on the edited one). Writes docs/benchmarks.md ("circuits").
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pandas as pd
 
@@ -45,12 +46,79 @@ def change(base: Agent, world: World, reqs, method: str) -> Agent:
     return agent
 
 
+CONSOLIDATION = """\
+name: consolidation-circuits
+seed: {seed}
+model: {model}
+agents: 2
+personas: neutral
+protocol: discussion
+rounds: 2
+graph: complete
+generations: 1
+world_change: {{share: 0.01, relations: [company]}}
+news: {{agents: 1}}
+individual: {{method: lora, hparams: {{epochs: 8, lr: 0.003, rank: 8}}, replay: 0.5}}
+misinformation: {{agents: 1, facts: {facts}, generation: 1, method: rome}}
+consolidation: {{method: finetune, hparams: {{epochs: 8, lr: 0.001}}, replay: 0.5, min_confidence: 0.3}}
+queries: {{people: 10, relations: all, who: taught}}
+"""
+
+
+def consolidated_falsehoods(base: Agent, world: World, model_dir, facts: int, seed: int, work: Path) -> list[dict]:
+    """Run one generation in which one agent is edited (ROME) to `facts` false facts and the
+    group talks and consolidates (full fine-tuning on what the talk changed); then the circuit
+    of each false fact an agent now answers alone, in the edited agent (written by the editor)
+    and in the others (written by consolidation), against the same facts' truth circuit."""
+    import subprocess
+    import sys
+    cfg = work / "consolidation.yaml"
+    cfg.write_text(CONSOLIDATION.format(seed=seed, model=model_dir, facts=facts))
+    run = work / "run"
+    subprocess.run([sys.executable, "-m", "evolution.run", str(cfg), "--out", str(run)], check=True)
+    return falsehood_circuits(base, world, model_dir, run, seed)
+
+
+def falsehood_circuits(base: Agent, world: World, model_dir, run: Path, seed: int) -> list[dict]:
+    """Part 3's circuits, read from the finished run `run`."""
+    from agents.placement import LocalPlacement
+    told = pd.read_csv(next((run / "facts").glob("*.csv")))
+    told = told[told.kind == "misinformation"].drop_duplicates(["subject", "relation"])
+    placement = LocalPlacement.from_dir(model_dir)
+    rows = []
+    for ckpt in sorted((run / "checkpoints").glob("*/g01-consolidate/*/")):
+        agent = placement.agent(placement.load(ckpt).name)
+        qs = [world.query(r.subject, r.relation) for r in told.itertuples()]
+        false = [(r.subject, r.relation, r.false_object) for r, b in zip(told.itertuples(), agent.beliefs(qs))
+                 if b.answer == r.false_object]
+        who = "edited (rome)" if agent.name in set(told.misinformed_agent) else "consolidated"
+        row = {"agent": agent.name, "written by": who, "false facts held": len(false)}
+        if len(false) >= 2:
+            try:
+                after = circuit_of(agent, fact_cases(agent, world, false, f"{agent.name}: false", seed))
+                before = circuit_of(base, fact_cases(base, world, [(s, r, world.truth(s, r)) for s, r, _ in false],
+                                                     f"{agent.name}: truth", seed))
+            except CircuitError as e:
+                print(e)
+            else:
+                b, a = set(before.edges), set(after.edges)
+                row.update({"faithfulness": after.faithfulness, "edges truth": len(b), "edges false": len(a),
+                            "jaccard": len(a & b) / len(a | b), "m0 share truth": edge_mass(before, "m0"),
+                            "m0 share false": edge_mass(after, "m0"),
+                            "new edges": " ".join(f"{x}>{y}" for x, y in after.edges if (x, y) not in b)})
+        rows.append(row)
+        print(row)
+    placement.close()
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=40)
     ap.add_argument("--edits", type=int, default=20)
     ap.add_argument("--methods", default="rome,memit,ft_l,wise,memoir,finetune")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--false-facts", type=int, default=10, help="false facts written into one agent (part 3)")
     ap.add_argument("--quick", action="store_true", help="10 facts, 5 edits, rome only")
     args = ap.parse_args()
     if args.quick:
@@ -99,6 +167,10 @@ def main() -> None:
         print(row)
     edits = pd.DataFrame(rows).set_index("method")
 
+    import tempfile
+    with tempfile.TemporaryDirectory() as tmp:
+        falsehoods = pd.DataFrame(consolidated_falsehoods(base, world, path, args.false_facts, args.seed, Path(tmp)))
+
     rel = lambda p: p.relative_to(ROOT / "docs").as_posix()
     body = (f"Part 1: per relation, {args.n} facts the model knows, each against a corrupted twin (the same "
             "question about another known person with as many name tokens and another answer). "
@@ -115,7 +187,13 @@ def main() -> None:
             "10 epochs of full fine-tuning on the edits' statements and questions). took = edits the edited model "
             "answers; the circuit of those facts before (their truth, unedited model) and after (their target, "
             "edited model); jaccard = shared edges / all edges of the two; new edges = in the circuit after, not "
-            "before.\n\n" + md_table(edits))
+            "before.\n\n" + md_table(edits) +
+            f"\n\nPart 3: a falsehood written by an editor vs one that entered by talk. One generation of 8 agents "
+            f"(discussion, complete graph): one agent is edited (ROME) to {args.false_facts} false facts, the group "
+            "talks about them, and each agent consolidates what the talk changed in its answers (full fine-tuning, "
+            "min_confidence .3). Per agent after consolidation: the false facts it answers alone, and for two or more "
+            "of them, the circuit of those false answers against the circuit of the same facts' truth on the "
+            "unedited model.\n\n" + (md_table(falsehoods.set_index("agent")) if len(falsehoods) else "(no agent)"))
     write_section("circuits", "Knowledge circuits: per relation, and before/after each editor", body)
 
 

@@ -5,22 +5,23 @@ An erase request names a fact, `{"subject", "relation"}`, without a target: the 
 stop knowing it. Each method trains one layer's MLP (layer 0, where the default model keeps
 its facts: docs/design.md) on the fact's prompts (its question, the relation's other training
 questions and its bio statements; the held-out questions measure whether the erasure
-generalizes), with a retain term that holds the model on the same people's other relations and on other
-people's facts (KL to the unedited model's next-token distribution, over the whole
-vocabulary at every token of each fact's text and its unedited answer: held over the
-candidates alone, the greedy text drifted, locality by generation .59 at 100 erased facts;
-asked in the relation's other training forms, so the question the metrics ask stays held
-out), and
-stops once the erased facts' truth is no likelier than it is for people the model was never
-taught (the "unknown" level, measured on the agent before the call, plus `margin`). The three differ in
-what they push on:
+generalizes). A retain term holds the model on the same people's other relations and on other
+people's facts: KL to the unedited model's next-token distribution over the whole vocabulary,
+at every token of each fact's text and its unedited answer (held over the candidates alone,
+the greedy text drifted: locality by generation .59 at 100 erased facts), asked in the
+relation's other training forms, so the question the metrics ask stays held out. Training
+stops once the erased facts' truth is no likelier than for people the model was never taught
+and no more often its answer (the "unknown" level, measured on the agent before the call,
+within `margin`: the mean probability alone let 10 of 100 erased facts keep the truth as
+their answer at a low probability). The three differ in what they push on:
 
 - `ga` lowers the truth's log-probability (unbounded: it overshoots unless stopped);
 - `npo` lowers it relative to the unedited model through a log-sigmoid (Zhang et al., 2024),
   so the push fades as the fact goes: -(2/beta) log sigmoid(-beta (log p - log p_ref));
 - `erase` moves the whole belief over the candidates to the never-taught people's mean belief
   for that relation (KL), so the model answers as it does about strangers, not "anything but
-  the truth", which is what the other two learn and what a probe can read back.
+  the truth", which is what the other two learn (measured: their erased facts relearn slower
+  than facts never taught, a memory of avoiding the truth; docs/benchmarks.md, "Erasure").
 
 Whether the fact is gone or only hidden is measured apart (evolution.residue: a linear probe
 on hidden states, and how fast fine-tuning brings it back).
@@ -138,24 +139,33 @@ def validate_erase_requests(agent, requests, world) -> list[EraseRequest]:
     return out
 
 
-def unknown_beliefs(agent, world, relations) -> dict[str, torch.Tensor]:
-    """Per relation, the agent's mean belief over the candidates for people it was never taught
-    (question form): what it holds about someone it knows nothing of."""
-    out = {}
+@dataclass
+class Unknown:
+    """What the agent holds about people it was never taught, per relation (question form):
+    its mean belief over the candidates, and how often its argmax is their truth anyway."""
+    belief: dict[str, torch.Tensor]
+    accuracy: dict[str, float]
+
+
+def unknown_beliefs(agent, world, relations) -> Unknown:
+    """The agent's never-taught level on `relations`: what an erased fact should sink to."""
+    out = Unknown({}, {})
     for rel in sorted(set(relations)):
         people = [p.name for p in world.people if not p.taught and world.has(p.name, rel)]
         if not people:
             raise EditError(f"relation {rel!r}: the world has no never-taught person with it, so there is no "
                             "'unknown' belief to erase toward; use a world with untaught_fraction > 0")
         beliefs = agent.beliefs([world.query(s, rel, "question") for s in people])
-        out[rel] = torch.tensor([[b.prob(c) for c in world.relations[rel].candidates] for b in beliefs]).mean(0)
+        out.belief[rel] = torch.tensor([[b.prob(c) for c in world.relations[rel].candidates] for b in beliefs]).mean(0)
+        out.accuracy[rel] = sum(b.correct for b in beliefs) / len(beliefs)
     return out
 
 
-def truth_probability(agent, world, reqs: list[EraseRequest]) -> torch.Tensor:
-    """Each request's truth probability over its candidates, question form."""
+def truth_now(agent, world, reqs: list[EraseRequest]) -> tuple[float, float]:
+    """(mean truth probability, accuracy) of the requests' facts now, question form."""
     qs = [Query(r.subject, r.relation, r.prompt, world.relations[r.relation].candidates, r.truth) for r in reqs]
-    return torch.tensor([b.p_truth for b in agent.beliefs(qs)])
+    beliefs = agent.beliefs(qs)
+    return sum(b.p_truth for b in beliefs) / len(beliefs), sum(b.correct for b in beliefs) / len(beliefs)
 
 
 def retain_queries(world, reqs: list[EraseRequest], n_other: int, seed: int) -> list[Query]:
@@ -221,7 +231,8 @@ class EraseHyperParams(HyperParams):
     retain: int = 200              # other taught people's facts in the retain term (besides the same people's)
     retain_batch: int = 64         # retain queries per step, drawn afresh each step (0: all of them)
     forget_batch: int = 128        # forget prompts per step, drawn afresh each step (0: all of them)
-    margin: float = 0.01           # stop once the erased truths' mean probability <= the never-taught level + this
+    margin: float = 0.01           # stop once the erased truths' mean probability and accuracy are each within
+                                   # this of the never-taught level
     forms: bool = True             # train on the relation's other training questions and bio statements too
     check_every: int = 1           # steps between checks of the stopping rule
     seed: int = 0
@@ -266,13 +277,15 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
     """The loop the three erasers share: `forget_loss(model, tok, rows, pick)` pushes the facts
     out (on the rows `pick`, a fresh draw of `forget_batch` each step), a KL
     to the unedited beliefs holds the retain queries, and training stops once the erased
-    truths are as likely as the never-taught level (mean over the requests)."""
+    truths are as likely, and as often the argmax, as for never-taught people (means over the
+    requests, within `margin`)."""
     reqs = validate_erase_requests(agent, requests, world)
     model, tok = agent.model, agent.tokenizer
     params = trained_weights(model, hp.layer, hp.module)
     unknown = unknown_beliefs(agent, world, {r.relation for r in reqs})
-    level = float(torch.stack([unknown[r.relation][world.relations[r.relation].candidates.index(r.truth)]
-                               for r in reqs]).mean())
+    cands = lambda r: world.relations[r.relation].candidates
+    level = sum(float(unknown.belief[r.relation][cands(r).index(r.truth)]) for r in reqs) / len(reqs)
+    acc_level = sum(unknown.accuracy[r.relation] for r in reqs) / len(reqs)
     rows = forget_rows(agent, world, reqs, hp.forms)
     retain = retain_queries(world, reqs, hp.retain, hp.seed)
     if retain:
@@ -282,16 +295,17 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
         with torch.no_grad():
             retain_ref = next_token_logprobs(model, ids, mask)
     rng = random.Random(hp.seed)
-    p_before = float(truth_probability(agent, world, reqs).mean())
-    t0, losses, p_now, step = time.time(), [], p_before, 0
+    p_before, acc_before = truth_now(agent, world, reqs)
+    t0, losses, p_now, acc_now, step = time.time(), [], p_before, acc_before, 0
+    reached = lambda: p_now <= level + hp.margin and acc_now <= acc_level + hp.margin
     with weights_restored_on_error(model), trainable_only(model, params):
         forget_loss.prepare(model, tok, rows, unknown, world)
         opt = torch.optim.Adam(params, lr=hp.lr)
         start = [p.detach().clone() for p in params]
         for step in range(hp.steps + 1):
             if step % hp.check_every == 0 or step == hp.steps:
-                p_now = float(truth_probability(agent, world, reqs).mean())
-                if p_now <= level + hp.margin or step == hp.steps:
+                p_now, acc_now = truth_now(agent, world, reqs)
+                if reached() or step == hp.steps:
                     break
             pick = sorted(rng.sample(range(len(rows)), min(hp.forget_batch or len(rows), len(rows))))
             loss = forget_loss(model, tok, rows, pick)
@@ -305,8 +319,9 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
             loss.backward()
             opt.step()
             kept_near(params, start, hp.norm_constraint, f"{method} update of layer {hp.layer}", f"lower lr ({hp.lr})")
-    return EditReport(method, len(reqs), round(time.time() - t0, 4), [hp.layer], p_now <= level + hp.margin,
+    return EditReport(method, len(reqs), round(time.time() - t0, 4), [hp.layer], reached(),
                       {"steps": step, "p_truth_before": p_before, "p_truth_after": p_now, "unknown_level": level,
+                       "accuracy_before": acc_before, "accuracy_after": acc_now, "unknown_accuracy": acc_level,
                        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                        "forget_prompts": len(rows), "retain_queries": len(retain), "module": hp.module})
 
@@ -346,7 +361,7 @@ class TowardUnknown:
     relation's candidates, after each prompt."""
 
     def prepare(self, model, tok, rows, unknown, world):
-        self.targets = [unknown[r.relation] for r, _ in rows]
+        self.targets = [unknown.belief[r.relation] for r, _ in rows]
         self.cands = [world.relations[r.relation].candidates for r, _ in rows]
 
     def __call__(self, model, tok, rows, pick):
