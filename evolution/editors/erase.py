@@ -268,7 +268,7 @@ class NPOHyperParams(EraseHyperParams):
         return {**super().rules(), "beta": (is_number(self.beta, above=0), "a number > 0")}
 
 
-def forget_rows(agent, world, reqs: list[EraseRequest], forms: bool) -> list[tuple[EraseRequest, str]]:
+def forget_rows(world, reqs: list[EraseRequest], forms: bool) -> list[tuple[EraseRequest, str]]:
     """(request, prompt) per prompt the erasure trains on."""
     return [(r, p) for r in reqs for p in (prompt_forms(r, world) if forms else [r.prompt])]
 
@@ -286,7 +286,7 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
     cands = lambda r: world.relations[r.relation].candidates
     level = sum(float(unknown.belief[r.relation][cands(r).index(r.truth)]) for r in reqs) / len(reqs)
     acc_level = sum(unknown.accuracy[r.relation] for r in reqs) / len(reqs)
-    rows = forget_rows(agent, world, reqs, hp.forms)
+    rows = forget_rows(world, reqs, hp.forms)
     retain = retain_queries(world, reqs, hp.retain, hp.seed)
     if retain:
         answers = [b.answer for b in agent.beliefs(retain)]
