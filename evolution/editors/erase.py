@@ -26,9 +26,10 @@ push on:
   for that relation (KL): their mean belief, with the truth given the probability strangers
   give their own truth and the rest rescaled (the plain mean favours the relation's common
   answer, and 13 of 100 facts whose truth was that answer kept it), so the model answers as it
-  does about strangers, not "anything but
-  the truth", which is what the other two learn (measured: their erased facts relearn slower
-  than facts never taught, a memory of avoiding the truth; docs/benchmarks.md, "Erasure").
+  does about strangers, not "anything but the truth", which is what the other two push toward.
+  (Unstopped, ga and npo overshot and their erased facts relearned slower than new ones, a
+  memory of avoiding the truth; stopped per fact, all three only hide the fact: it relearns
+  2-4x faster than a new one; docs/benchmarks.md, "Erasure".)
 
 Whether the fact is gone or only hidden is measured apart (evolution.residue: a linear probe
 on hidden states, and how fast fine-tuning brings it back).
@@ -311,9 +312,9 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
     model, tok = agent.model, agent.tokenizer
     params = trained_weights(model, hp.layer, hp.module)
     unknown = unknown_beliefs(agent, world, {r.relation for r in reqs})
+    mean = lambda xs: sum(xs) / len(xs)
     fact_level = [unknown.p_truth[r.relation] for r in reqs]
-    level = sum(fact_level) / len(reqs)
-    acc_level = sum(unknown.accuracy[r.relation] for r in reqs) / len(reqs)
+    level, acc_level = mean(fact_level), mean([unknown.accuracy[r.relation] for r in reqs])
     rows = forget_rows(world, reqs, hp.forms)
     index = {id(r): i for i, r in enumerate(reqs)}
     row_fact = [index[id(r)] for r, _ in rows]
@@ -326,17 +327,17 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
             retain_ref = next_token_logprobs(model, ids, mask)
     rng = random.Random(hp.seed)
     p_fact, correct = truth_now(agent, world, reqs)
-    p_before, acc_before = sum(p_fact) / len(reqs), sum(correct) / len(reqs)
-    mean = lambda xs: sum(xs) / len(xs)
+    p_before, acc_before = mean(p_fact), mean(correct)
     reached = lambda: mean(p_fact) <= level + hp.margin and mean(correct) <= acc_level + hp.margin
     t0, losses, step = time.time(), [], 0
     with weights_restored_on_error(model), trainable_only(model, params):
-        forget_loss.prepare(model, tok, rows, reqs, unknown, world)
+        forget_loss.prepare(model, tok, rows, unknown, world)
         opt = torch.optim.Adam(params, lr=hp.lr)
         start = [p.detach().clone() for p in params]
         for step in range(hp.steps + 1):
             if step % hp.check_every == 0 or step == hp.steps:
-                p_fact, correct = truth_now(agent, world, reqs)
+                if step:  # at step 0 the weights are those p_before was read on
+                    p_fact, correct = truth_now(agent, world, reqs)
                 if reached() or step == hp.steps:
                     break
                 active = [j for j, i in enumerate(row_fact) if correct[i] or p_fact[i] > fact_level[i] + hp.margin]
@@ -367,7 +368,7 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
 class TruthLogLikelihood:
     """ga's forget loss: the mean summed log-probability of the truth after each prompt."""
 
-    def prepare(self, model, tok, rows, reqs, unknown, world):
+    def prepare(self, model, tok, rows, unknown, world):
         self.batch = target_batch(tok, [p for _, p in rows], [r.truth for r, _ in rows],
                                   next(model.parameters()).device)
 
@@ -384,8 +385,8 @@ class NegativePreference(TruthLogLikelihood):
     def __init__(self, beta: float):
         self.beta = beta
 
-    def prepare(self, model, tok, rows, reqs, unknown, world):
-        super().prepare(model, tok, rows, reqs, unknown, world)
+    def prepare(self, model, tok, rows, unknown, world):
+        super().prepare(model, tok, rows, unknown, world)
         with torch.no_grad():
             self.ref = row_logprobs(model, *self.batch)
 
@@ -399,7 +400,7 @@ class TowardUnknown:
     as a stranger's truth) to the model's belief over the relation's candidates, after each
     prompt."""
 
-    def prepare(self, model, tok, rows, reqs, unknown, world):
+    def prepare(self, model, tok, rows, unknown, world):
         self.cands = [world.relations[r.relation].candidates for r, _ in rows]
         self.targets = [unknown.target(r.relation, c, r.truth) for (r, _), c in zip(rows, self.cands)]
 
