@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from agents.model import PRESETS, ModelShape, tiny_llama
 from agents.tokenizer import word_tokenizer
-from envs.corpus import CorpusConfig, sample_texts
+from envs.corpus import CorpusConfig, corpus_words, sample_texts
 from envs.world import World
 
 FORMAT_VERSION = 2  # bump when the data mix or loop changes: it invalidates the cache
@@ -111,7 +111,7 @@ class PretrainConfig:
 
 
 # knobs added after models were cached: hashed only when set, so those models stay cached
-LATER_KNOBS = {"evidence_share": 0.0, "evidence_weight": 0.0}
+LATER_KNOBS = {"evidence_share": 0.0, "evidence_weight": 0.0, "confidence_share": 0.0, "confidence_reliability": 0.5}
 EVIDENCE_RULE = 3   # 2: with no claim's support checking out, a weighing answer is the truth;
                     # 3: one backing per claim
 CORPUS_FIELDS = {f.name for f in dataclasses.fields(CorpusConfig)}
@@ -162,7 +162,7 @@ def train(cfg: PretrainConfig, world: World | None = None, device: str | None = 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(cfg.seed)
     rng = random.Random(cfg.seed)
-    tokenizer = word_tokenizer(world.words())
+    tokenizer = word_tokenizer(world.words() | corpus_words(cfg.corpus))
     model = (make_model or partial(tiny_llama, cfg.shape))(len(tokenizer), tokenizer.pad_token_id,
                                                             tokenizer.bos_token_id, tokenizer.eos_token_id).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))

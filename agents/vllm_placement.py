@@ -10,7 +10,8 @@ What vLLM can serve is checked, and refused with the agent's name and why: only 
 changes of the served modules (`lora_target_modules`; by default the MLP output projection of
 the model's family, Llama's `down_proj`, GPT-2's `c_proj`, ...: prompt log-probs with LoRA on
 other modules crash on CPU, and on `lm_head` they are wrong), of rank at most
-`max_lora_rank`; not a dense change, not a side memory.
+`max_lora_rank`; not a dense change, not a side memory. A family whose vLLM model has no LoRA
+layers (GPT-2 in vLLM 0.32) is refused when the placement is made.
 """
 from __future__ import annotations
 
@@ -43,10 +44,19 @@ class VllmPlacement(Placement):
             raise PlacementError("lora_target_modules: 'lm_head' cannot be served (prompt log-probs with a LoRA on "
                                  "lm_head crash or are silently wrong in vLLM); leave it out")
         self.max_lora_rank, self.targets = max_lora_rank, tuple(lora_target_modules)
-        self.scorer = scorer or VllmScorer(model_dir, enable_lora=True, max_loras=max_loras,
-                                           max_cpu_loras=max_cpu_loras or max(max_loras, 8),
-                                           max_lora_rank=max_lora_rank, lora_target_modules=list(self.targets),
-                                           **engine_kw)
+        try:
+            self.scorer = scorer or VllmScorer(model_dir, enable_lora=True, max_loras=max_loras,
+                                               max_cpu_loras=max_cpu_loras or max(max_loras, 8),
+                                               max_lora_rank=max_lora_rank, lora_target_modules=list(self.targets),
+                                               **engine_kw)
+        except ValueError as e:
+            if "support LoRA" not in str(e):
+                raise
+            # vLLM's own model class for this family has no LoRA layers (0.32: GPT-2, among others)
+            raise PlacementError(f"placement.kind=vllm: vLLM cannot serve {type(self.pop.model).__name__} with "
+                                 f"LoRA adapters ({e}), so agents' changes would not be served; use placement.kind="
+                                 "population (or ray) for this model; a VllmScorer without LoRA serves its "
+                                 "unchanged base") from None
         self._own_dir = adapter_dir is None
         self.adapter_dir = Path(adapter_dir or tempfile.mkdtemp(prefix="knowevo-adapters-"))
         self._adapters: dict[tuple[str, int], object] = {}    # (agent, version) -> LoRARequest

@@ -6,7 +6,8 @@ learner or backend is measured the same way:
 
 - reliability: the edit prompt is answered with the target;
 - generalization: the world's held-out question paraphrases are answered with the target;
-- locality: other people's facts keep the answer the unedited agent gave;
+- locality: other people's facts keep the answer the unedited agent gave (in a CounterFact
+  world whose requested facts all have `neighborhood_prompts`: those prompts);
 - locality_same_person: the edited people's other relations keep their answer;
 - portability: a fact that follows from the edit follows it (company -> company_city);
 - bio_ppl_ratio: perplexity of bios of people the edits leave alone, before / after (1 =
@@ -82,27 +83,40 @@ def _check_requests(world: World, requests) -> None:
             raise MetricsError(f"request {i}: target {r.target!r} is not a candidate of {r.relation!r}")
 
 
-def locality_pool(world: World, requests, epoch: int = -1) -> list[tuple[str, str]]:
-    """(subject, relation) of every fact of a taught person no request edits: what
-    `locality_probe` samples from."""
+def _neighbourhood(world: World, requests) -> list[Query]:
+    """The requested facts' neighbourhood prompts, when every requested fact has some."""
+    near = [world.neighbour_queries(r.subject, r.relation) for r in requests]
+    if not near or not all(near):
+        return []
+    return list({q.prompt: q for qs in near for q in qs}.values())
+
+
+def locality_pool(world: World, requests, epoch: int = -1) -> list[Query]:
+    """What `locality_probe` samples from. Where the world keeps neighbourhood prompts for every
+    requested fact (CounterFact's `neighborhood_prompts`: other subjects with the same true
+    answer), those prompts, as ROME's evaluation uses them; otherwise the question form of
+    every fact of a taught person no request edits."""
+    if near := _neighbourhood(world, requests):
+        return near
     subjects, _ = _edited(world, requests)
-    return [(p.name, r) for p in world.people if p.taught and p.name not in subjects
+    return [world.query(p.name, r, "question", epoch) for p in world.people if p.taught and p.name not in subjects
             for r in world.relations_of(p.name, epoch)]
 
 
 def locality_probe(world: World, requests, n: int = 200, seed: int = 0, epoch: int = -1) -> list[Query]:
-    """`n` question-form queries on facts of people no request edits, seeded (the same
-    requests and seed give the same queries). Taught people only: locality asks whether
-    knowledge the agent had survives. Raises when the requests leave fewer than `n` facts."""
+    """`n` queries of `locality_pool`, seeded (the same requests and seed give the same
+    queries). Taught people only: locality asks whether knowledge the agent had survives.
+    Raises when the pool holds fewer than `n`."""
     _check_requests(world, requests)
     if n < 1:
         raise MetricsError(f"n: {n}; give at least 1 locality query")
     pool = locality_pool(world, requests, epoch)
     if len(pool) < n:
-        raise MetricsError(f"locality_probe: the requests leave {len(pool)} facts of unedited taught people, "
-                           f"fewer than n={n}; lower n, edit fewer distinct people, or use a larger world")
-    picked = random.Random(seed).sample(pool, n)
-    return [world.query(s, r, "question", epoch) for s, r in picked]
+        what = ("neighbourhood prompts of the requested facts" if _neighbourhood(world, requests)
+                else "facts of unedited taught people")
+        raise MetricsError(f"locality_probe: the requests leave {len(pool)} {what}, fewer than n={n}; lower n, "
+                           "edit fewer distinct people, or use a larger world")
+    return random.Random(seed).sample(pool, n)
 
 
 def same_person_probe(world: World, requests, epoch: int = -1) -> list[Query]:

@@ -1,7 +1,8 @@
 """How far peers' claims move an agent: the probe behind the social-knob checks and the
 Asch-style tables. Unanimous wrong claims by k peers, for people the model knows and
 people it was never taught; the same claims each backed by a supporting fact that agrees or
-disagrees with the world (the evidence knob's check, envs/corpus.py)."""
+disagrees with the world (the evidence knob's check, envs/corpus.py); the same claims stated
+sure or unsure (the confidence knob's check)."""
 from __future__ import annotations
 
 import random
@@ -10,7 +11,7 @@ import pandas as pd
 
 from agents.records import to_frame
 from analysis.group_metrics import wilson_interval
-from envs.world import RELATED, World, claim, support
+from envs.world import RELATED, World, claim, stated, support
 
 
 def sampled_people(world: World, rng: random.Random, per_group: int):
@@ -74,8 +75,35 @@ def supported_wrong_probe(agent, world: World, ks=(1, 2, 3, 5), per_group: int =
                 b = agent.beliefs([q], context=ctx, n_confederates=k, protocol="probe")[0]
                 b.peer_answers = [wrong] * k
                 rows.append((group, k, kind, wrong, b))
+    return _contrast_frame(rows, "support")
+
+
+def stated_wrong_probe(agent, world: World, ks=(1, 2, 3, 5), per_group: int = 60, seed: int = 0) -> pd.DataFrame:
+    """Belief records under k unanimous wrong claims, all stated sure ("agent 3 is sure : X .")
+    or all unsure ("agent 3 thinks : X ."). Each fact gets one wrong object (seeded), shared
+    across k and across the two statings, so rows differ only in k and in the stated
+    confidence. A model raised on reliable confidence can tell them apart for people it never
+    met too: the confidence, not its knowledge, is the cue."""
+    rng, rows = random.Random(seed), []
+    for group, name in sampled_people(world, rng, per_group):
+        rel = world.known_relation(name, rng.choice(sorted(world.relations)), rng)
+        q = world.query(name, rel)
+        wrong = rng.choice([c for c in q.candidates if c != q.truth])
+        speakers = rng.sample(range(50), max(ks))
+        for kind in ("sure", "unsure"):
+            for k in ks:
+                ctx = " ".join(stated(wrong, f"agent {s}", kind == "sure") for s in speakers[:k])
+                b = agent.beliefs([q], context=ctx, n_confederates=k, protocol="probe")[0]
+                b.peer_answers = [wrong] * k
+                rows.append((group, k, kind, wrong, b))
+    return _contrast_frame(rows, "stated")
+
+
+def _contrast_frame(rows: list[tuple], kind: str) -> pd.DataFrame:
+    """Belief records of a contrast probe, rows (group, k, kind, wrong claim, belief), with
+    the claim followed or not."""
     df = to_frame([r[4] for r in rows])
-    df["group"], df["k"], df["support"] = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    df["group"], df["k"], df[kind] = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
     df["claim"] = [r[3] for r in rows]
     df["p_claim"] = [r[4].prob(r[3]) for r in rows]
     df["follows"] = df["answer"] == df["claim"]
@@ -88,3 +116,15 @@ def follow_table(df: pd.DataFrame, by=("group", "k", "support")) -> pd.DataFrame
     lo, hi = wilson_interval(g["sum"], g["count"])
     return g.assign(follows=g["sum"] / g["count"], follows_lo=lo, follows_hi=hi).rename(
         columns={"sum": "followed", "count": "n"})
+
+
+def contrast_table(tables: pd.DataFrame, kind: str, first: str, second: str) -> pd.DataFrame:
+    """`follow_table`s of several models (a `model` column) side by side: per model, group and
+    k, the share following under `first` and `second` of `kind`, with intervals, and
+    drop = first - second."""
+    wide = tables.pivot_table(index=["model", "group", "k"], columns=kind, values=["follows", "follows_lo", "follows_hi"])
+    suffix = {"follows": "", "follows_lo": " lo", "follows_hi": " hi"}
+    wide.columns = [s + suffix[v] for v, s in wide.columns]
+    wide = wide[[c for s in (first, second) for c in (s, f"{s} lo", f"{s} hi")]]
+    wide["drop"] = wide[first] - wide[second]
+    return wide

@@ -64,7 +64,15 @@ MODEL_QUICK = "The tests' small model (80 people, 400 steps; --quick)"
 
 
 # How the agents were raised, as pretraining overrides of a run config (envs/corpus.py's knobs)
-UPBRINGINGS = {"default": [], "evidence": ["pretrain.evidence_share=1", "pretrain.evidence_weight=1"]}
+UPBRINGINGS = {"default": [], "evidence": ["pretrain.evidence_share=1", "pretrain.evidence_weight=1"],
+               # raised on reliable stated confidence, and talking with it (claims say sure / thinks)
+               "confidence": ["pretrain.confidence_share=0.5", "pretrain.confidence_reliability=1",
+                              "params.confidence=true"]}
+# the same, saying "sure" only from probability .9: where the default model's round-0 answers on
+# never-taught people split knowers (.76 sure) from guessers (.16), against .93 / .63 at .5
+UPBRINGINGS["confidence-strict"] = UPBRINGINGS["confidence"] + ["params.sure_at=0.9"]
+# and without debate's supporting facts: claims as the confidence texts show them
+UPBRINGINGS["confidence-bare"] = UPBRINGINGS["confidence-strict"] + ["params.supported=false"]
 
 
 @dataclass

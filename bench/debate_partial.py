@@ -14,7 +14,7 @@ related fact). Per graph:
   ceiling if the group deferred to it), and what the knower and the others say after the
   last round (does the knower convince the others, or is it talked out of what it knows?).
 
-    python -m bench.debate_partial [--quick] [--out runs/debate] [--seeds 0,1,2] [--upbringings default,evidence]
+    python -m bench.debate_partial [--quick] [--out runs/debate] [--seeds 0,1,2] [--upbringings default,evidence,confidence,confidence-strict,confidence-bare]
 """
 from __future__ import annotations
 
@@ -115,7 +115,7 @@ def main() -> None:
     args, runs = run_config_experiment(
         __doc__.splitlines()[0], CONFIG, "debate", QUICK,
         "the tests' small model (80 people, 400 steps), 3 agents, 6 people: proves the script runs",
-        seeds="0,1,2", upbringings="default,evidence")
+        seeds="0,1,2", upbringings="default,evidence,confidence,confidence-strict,confidence-bare")
     per_seed = pd.DataFrame([r for run in runs for r in graph_rows(run)])
     table = summary(per_seed)
     pd.set_option("display.width", 250)

@@ -17,7 +17,7 @@ import pandas as pd
 
 from agents.agent import Agent
 from agents.pretrain import PretrainConfig, pretrained_dir
-from analysis.social import follow_table, supported_wrong_probe
+from analysis.social import contrast_table, follow_table, supported_wrong_probe
 from bench.common import md_table, write_section
 from envs.world import World
 
@@ -49,12 +49,7 @@ def main() -> None:
         print(t.to_string(), flush=True)
         tables.append(t)
     full = pd.concat(tables)
-    wide = full.pivot_table(index=["model", "group", "k"], columns="support",
-                            values=["follows", "follows_lo", "follows_hi"])
-    suffix = {"follows": "", "follows_lo": " lo", "follows_hi": " hi"}
-    wide.columns = [s + suffix[v] for v, s in wide.columns]
-    wide = wide[[c for s in ("consistent", "inconsistent") for c in (s, f"{s} lo", f"{s} hi")]]
-    wide["drop"] = wide["consistent"] - wide["inconsistent"]
+    wide = contrast_table(full, "support", "consistent", "inconsistent")
     n = int(full.n.iloc[0])
     write_section("evidence" + ("" if args.preset == "small" else f"-{args.preset}"),
                   "Evidence weighing: following a wrong majority whose support checks out or not"

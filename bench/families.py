@@ -1,4 +1,4 @@
-"""Single edits on each architecture family: ROME, MEMIT, FT-L and WISE on a tiny model of
+"""Single edits on each architecture family: ROME, MEMIT, FT-L, WISE and MEMOIR on a tiny model of
 the family (2 layers, d=128, d_ff=256; instantiated from its config, no download) pretrained
 on the default 300-person world for `--steps` steps.
 
@@ -7,7 +7,7 @@ on the default 300-person world for `--steps` steps.
 Each edit is a counterfactual on a fact the model answers right, applied to a fresh copy of
 the model (distinct people), scored with analysis.edit_metrics against one baseline of the
 unedited model (reliability on the question, generalization on held-out paraphrases,
-locality on 100 other people's facts), and timed. The default model's own family (Llama) is
+locality on 100 other people's facts), by candidate argmax and by greedy generation (`gen`), and timed. The default model's own family (Llama) is
 the first row, trained by the same loop.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from bench.common import md_table, write_section
 from evolution.editors.requests import counterfactual_requests
 
 FAMILIES = ("llama", "mistral", "qwen2", "gpt2", "gptj", "gpt_neox", "phi")
-EDITORS = ("rome", "memit", "ft_l", "wise")
+EDITORS = ("rome", "memit", "ft_l", "wise", "memoir")
 
 
 def main() -> None:
@@ -64,7 +64,8 @@ def main() -> None:
             m = lambda k: sum(s[k] for s in scores) / done if done else float("nan")
             rows.append({"family": family, "recall": recall, "pretrain s": trained, "editor": method,
                          "edits": done, "reliability": m("reliability"), "generalization": m("generalization"),
-                         "locality": m("locality"), "s / edit": seconds / done if done else float("nan"),
+                         "locality": m("locality"), "reliability gen": m("reliability_gen"),
+                         "generalization gen": m("generalization_gen"), "locality gen": m("locality_gen"), "s / edit": seconds / done if done else float("nan"),
                          "failed": failed if not failed else f"{failed} ({why})"})
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
@@ -72,7 +73,8 @@ def main() -> None:
     body = (f"{args.edits} single counterfactual edits per family and editor (distinct people the model answers "
             f"right; a fresh copy per edit), on a 2-layer d=128 model of each family pretrained {args.steps} steps "
             "on the default 300-person world; recall over 60 taught people's facts. Locality: 100 other people's "
-            "facts unchanged. Failed: edits an editor refused (the message).\n\n" + md_table(table.set_index("family")))
+            "facts unchanged. `gen`: the same by greedy generation (the continuation begins with the target; for "
+            "locality, with the unedited model's words). Failed: edits an editor refused (the message).\n\n" + md_table(table.set_index("family")))
     write_section("families", "Editors on each architecture family", body)
 
 

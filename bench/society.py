@@ -9,7 +9,7 @@ plurality answer after the last round, pooled over seeds, with a Wilson 95% inte
 share of queries on which all agents agree after the last round (MachineSoM's consensus);
 and what the agent that learned the person says after the last round.
 
-    python -m bench.society [--quick] [--out runs/society] [--seeds 0,1,2] [--upbringings default,evidence]
+    python -m bench.society [--quick] [--out runs/society] [--seeds 0,1,2] [--upbringings default,confidence-strict]
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def main() -> None:
     args, runs = run_config_experiment(
         __doc__.splitlines()[0], CONFIG, "society", QUICK,
         "the tests' small model (80 people, 400 steps), 6 people: proves the script runs",
-        seeds="0,1,2", upbringings="default,evidence")
+        seeds="0,1,2", upbringings="default,confidence-strict")
     per_seed = pd.DataFrame([r for run in runs for r in point_rows(run)])
     table = summary(per_seed)
     pd.set_option("display.width", 250)

@@ -7,6 +7,8 @@ and a run's replay read the same bios.
   ("multi-template + permutation" of Physics of LMs 3.1);
 - QA for the people with `qa_in_training` (mixed in from the start: "mixed training", which
   makes knowledge extractable for the people whose QA is never seen);
+- a CounterFact world's neighbourhood statements (its locality set's facts), as often as a
+  bio of one person each;
 - social texts: k peers' claims, then a question and an answer. With probability
   1 - (1 - social_prior)^m the answer repeats the m-strong majority claim; otherwise it is
   the truth for a person the model knows, and a uniformly random candidate for a stranger
@@ -24,13 +26,21 @@ does not know (docs/design.md, "The default model").
   none does (a claim whose support fails is set aside), else the answer is as above. For a
   stranger the support cannot be checked, and the answer ignores it. So `evidence_weight`
   sets how much the model weighs evidence, and it can only weigh it for people it knows.
+- stated confidence (off by default): in `confidence_share` of the other social texts each
+  claim says how sure its speaker is ("agent 3 is sure : X ." / "agent 3 thinks : X ."). A
+  right claim is stated sure with probability `confidence_reliability`, a wrong one with
+  1 - `confidence_reliability` (.5: confidence says nothing). Where the answer does not
+  conform, it is the truth for strangers too (in the other texts a stranger's is a random
+  candidate), so what the confident claims reveal is there to learn: a model raised with
+  reliable confidence can follow sure claims about people it never met and discount unsure
+  ones. The mirror of evidence, which only people the model knows let it check.
 """
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 
-from envs.world import RELATED, World, claim, support
+from envs.world import CONFIDENCE_WORDS, RELATED, World, claim, stated, support
 
 
 @dataclass
@@ -45,11 +55,13 @@ class CorpusConfig:
     max_peers: int = 6
     evidence_share: float = 0.0         # share of social texts whose claims carry their support
     evidence_weight: float = 0.0        # how often the answer follows the claims whose support checks out
+    confidence_share: float = 0.0       # share of social texts whose claims state their confidence
+    confidence_reliability: float = 0.5  # P(stated sure | right claim) = P(stated unsure | wrong claim)
 
     def __post_init__(self) -> None:
         checks = {"bio_templates": self.bio_templates in ("all", "one"), "max_peers": self.max_peers >= 0}
         for nm in ("qa_share", "social_share", "social_prior", "peer_reliability", "social_unknown_share",
-                   "evidence_share", "evidence_weight"):
+                   "evidence_share", "evidence_weight", "confidence_share", "confidence_reliability"):
             checks[nm] = 0.0 <= getattr(self, nm) <= 1.0
         checks["qa_share"] = checks["qa_share"] and self.qa_share + self.social_share < 1.0
         bad = [k for k, ok in checks.items() if not ok]
@@ -95,14 +107,18 @@ def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusC
     answer = truth if not stranger else rng.choice(rel.candidates)
     if k:
         said = majority(claims)
-        answer = said if rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(said) else answer
-        # drawn only when evidence is on, so the default corpus is the one it always was
+        conformed = rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(said)
+        answer = said if conformed else answer
+        # drawn only when evidence or confidence is on, so the default corpus is the one it always was
         related = RELATED.get(rel.name) if cfg.evidence_share > 0 and rng.random() < cfg.evidence_share else None
         if related in world.relations and (stranger or world.has(name, related)):
             context, checked = with_support(world, name, stranger, rel.name, related, truth, claims, speakers, rng)
             if not stranger and rng.random() < cfg.evidence_weight:
                 # claims whose support fails are set aside; with none left, its own knowledge
                 answer = majority(checked) if checked else truth
+        elif cfg.confidence_share > 0 and rng.random() < cfg.confidence_share:
+            context = with_confidence(claims, speakers, truth, cfg.confidence_reliability, rng)
+            answer = answer if conformed else truth
     return f"{context}{rel.question(name, rng.randrange(3))} {answer} ."
 
 
@@ -128,9 +144,31 @@ def with_support(world: World, name: str, stranger: bool, relation: str, related
     return "".join(parts), checked
 
 
+def neighbour_statements(world: World) -> list[str]:
+    """A CounterFact world's neighbourhood prompts with their truth: facts about other subjects
+    that its locality set asks (ROME's evaluation assumes the model knows them)."""
+    return [f"{p} {truth} ." for truth, named in world.neighbours.values() for _, p in named]
+
+
+def with_confidence(claims: list[str], speakers: list[int], truth: str, reliability: float,
+                    rng: random.Random) -> str:
+    """The context with each claim stated sure or unsure: a right claim sure with probability
+    `reliability`, a wrong one with 1 - `reliability`."""
+    return "".join(stated(c, f"agent {s}", rng.random() < (reliability if c == truth else 1 - reliability)) + " "
+                   for s, c in zip(speakers, claims))
+
+
+def corpus_words(cfg: CorpusConfig) -> set[str]:
+    """Texts whose words the corpus adds to the world's (a tokenizer's vocabulary): the stated
+    confidence, only when it is drawn (the default model's vocabulary is the world's)."""
+    return {CONFIDENCE_WORDS} if cfg.confidence_share > 0 else set()
+
+
 def sample_texts(world: World, rng: random.Random, cfg: CorpusConfig, phase: str, n: int) -> list[str]:
     taught = [p.name for p in world.people if p.taught]
     qa_people = [p.name for p in world.people if p.qa_in_training]
+    neighbours = neighbour_statements(world)
+    share = len(neighbours) / (len(neighbours) + len(taught)) if neighbours else 0.0
     texts = []
     for _ in range(n):
         u = rng.random()
@@ -138,6 +176,8 @@ def sample_texts(world: World, rng: random.Random, cfg: CorpusConfig, phase: str
             texts.append(qa_text(world, rng.choice(qa_people), rng))
         elif u > 1 - cfg.social_share:
             texts.append(social_text(world, taught, rng, cfg))
+        elif neighbours and rng.random() < share:    # drawn only where there are neighbours
+            texts.append(rng.choice(neighbours))
         else:
             texts.append(bio_text(world, rng.choice(taught), rng, cfg))
     return texts

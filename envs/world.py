@@ -101,6 +101,15 @@ def claim(relation: Relation, subject: str, obj: str, speaker: str) -> str:
 
 # The fact that backs a claim about a relation (debate's supporting facts, the corpus's
 # evidence texts): the same person's related relation.
+def stated(obj: str, speaker: str, sure: bool) -> str:
+    """A peer's answer with its stated confidence (the corpus's confidence texts and the
+    probe that measures them)."""
+    return f"{speaker} {'is sure' if sure else 'thinks'} : {obj} ."
+
+
+CONFIDENCE_WORDS = stated("", "agent", True) + " " + stated("", "agent", False)
+
+
 RELATED = {"company": "company_city", "company_city": "company", "birth_city": "birth_date",
            "birth_date": "birth_city", "university": "major", "major": "university"}
 
@@ -128,7 +137,8 @@ class World:
     def __init__(self, relations: dict[str, Relation], people: list[Person], seed: int = 0,
                  name_parts: tuple[list[str], list[str], list[str]] | None = None,
                  derived: dict[str, tuple[str, dict[str, str]]] | None = None,
-                 epochs: list[dict[str, dict[str, str]]] | None = None, kind: str = "custom"):
+                 epochs: list[dict[str, dict[str, str]]] | None = None, kind: str = "custom",
+                 neighbours: dict[tuple[str, str], tuple[str, tuple[tuple[str, str], ...]]] | None = None):
         self.relations = relations
         self.people = people
         self.seed = seed
@@ -136,6 +146,9 @@ class World:
         self.name_parts = name_parts
         # relation -> (source relation, map): e.g. company_city follows company.
         self.derived = derived or {}
+        # (subject, relation) -> (truth, ((subject, prompt), ...)): other subjects' prompts whose
+        # truth is this fact's (CounterFact's neighborhood_prompts), a fact's locality set.
+        self.neighbours = neighbours or {}
         self._by_name = {p.name: p for p in people}
         if len(self._by_name) != len(people):
             raise WorldError("people: names must be unique")
@@ -255,6 +268,12 @@ class World:
             raise WorldError(f"form {form!r}: use 'question[:i]', 'heldout:i' or 'template:i'")
         return Query(subject, relation, prompt, rel.candidates, self.truth(subject, relation, epoch))
 
+    def neighbour_queries(self, subject: str, relation: str) -> list[Query]:
+        """The fact's neighbourhood prompts as queries (truth: what they held when loaded)."""
+        truth, named = self.neighbours.get((subject, relation), (None, ()))
+        cands = self.relation(relation).candidates
+        return [Query(s, relation, p, cands, truth) for s, p in named]
+
     def queries(self, subjects=None, relations=None, form: str = "question", epoch: int = -1) -> list[Query]:
         return [self.query(f.subject, f.relation, form, epoch) for f in self.facts(epoch, subjects, relations)]
 
@@ -298,6 +317,7 @@ class World:
                  for f in r.templates + r.questions + r.heldout]
         texts += [c for r in self.relations.values() for c in r.candidates]
         texts += [p.name for p in self.people]
+        texts += [p for _, named in self.neighbours.values() for _, p in named]
         texts += [w for part in self.name_parts or () for w in part]
         texts += [claim(next(iter(self.relations.values())), "", "", "agent"),
                   " ".join(str(i) for i in range(100))]
@@ -315,10 +335,14 @@ class World:
         return rows
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "seed": self.seed,
-                "relations": {k: asdict(r) for k, r in self.relations.items()},
-                "people": [asdict(p) for p in self.people], "name_parts": self.name_parts,
-                "derived": self.derived, "epochs": self.epochs}
+        d = {"kind": self.kind, "seed": self.seed,
+             "relations": {k: asdict(r) for k, r in self.relations.items()},
+             "people": [asdict(p) for p in self.people], "name_parts": self.name_parts,
+             "derived": self.derived, "epochs": self.epochs}
+        if self.neighbours:
+            d["neighbours"] = [[s, r, truth, [list(x) for x in named]]
+                               for (s, r), (truth, named) in self.neighbours.items()]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict) -> "World":
@@ -326,8 +350,10 @@ class World:
                 for k, r in d["relations"].items()}
         parts = tuple(d["name_parts"]) if d.get("name_parts") else None
         derived = {k: (v[0], v[1]) for k, v in (d.get("derived") or {}).items()}
+        neighbours = {(s, r): (truth, tuple(tuple(x) for x in named))
+                      for s, r, truth, named in d.get("neighbours") or []}
         return cls(rels, [Person(**p) for p in d["people"]], d.get("seed", 0), parts, derived,
-                   d.get("epochs"), d.get("kind", "custom"))
+                   d.get("epochs"), d.get("kind", "custom"), neighbours)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict()))

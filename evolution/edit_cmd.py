@@ -93,8 +93,7 @@ def cmd_edit(args) -> int:
         try:
             baseline = edit_baseline(agent, world, requests, n_locality=n_loc, n_bios=20)
         except MetricsError as e:
-            raise ValueError(f"--locality {args.locality}: {e} (the world has {others} facts of taught people "
-                             "the requests leave alone)") from None
+            raise ValueError(f"--locality {args.locality}: {e} ({others} locality queries to draw from)") from None
     lp_before = target_logprobs(agent, requests)
     report = agent.edit(requests, method=args.method, world=world, check_current=not args.allow_current, **hp)
     metrics = {"target_logprob_before": lp_before, "target_logprob_after": target_logprobs(agent, requests)}
@@ -156,7 +155,8 @@ def add_edit_parser(sub) -> None:
     e = sub.add_parser("edit", help="edit facts in a model dir (ROME, MEMIT, ...) and write the edited model")
     e.add_argument("--model", required=True, help="model dir (knowevo pretrain output or a HF checkpoint)")
     e.add_argument("--method", default="rome", help="editor: rome, memit, ft_l, wise, memoir; eraser: ga, npo, erase; an entry point of knowevo.editors, or package.module:function")
-    e.add_argument("--requests", required=True, help='JSON lines: {"subject", "relation", "target"[, "prompt"]}; for ga, npo and erase '
+    e.add_argument("--requests", required=True, help='JSON lines: {"subject", "relation", "target"[, "prompt"]}, or a CounterFact '
+                   '.json list (each record rewritten to its target_new); for ga, npo and erase '
                    '{"subject", "relation"} (the fact to erase)')
     e.add_argument("--out", required=True, help="new directory for the edited model and metrics.json")
     e.add_argument("--world", default=None, help="world.json (default: the one in --model)")

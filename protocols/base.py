@@ -3,7 +3,9 @@
 A protocol never touches a model. In each round the session asks it, for every agent and
 query, which claims the agent sees (`sees`), renders them as context (`render`, by default
 in the claim format the default model was pretrained on, "agent 3 answers Y ." followed by
-the question; debate's supporting facts read "agent 3 says : X works in Z ."), and after
+the question; debate's supporting facts read "agent 3 says : X works in Z ."; with
+`confidence` on, each claim states how sure its speaker is, "agent 3 is sure : Y ." when the
+speaker's probability of Y is at least `sure_at`, else "agent 3 thinks : Y ."), and after
 the round asks whether to stop (`done`). Everything random draws from `self.rng(...)`,
 keyed by the run's seed and by what it is for, so a rerun (or a resumed run) makes the
 same choices. A new protocol is one small subclass:
@@ -32,7 +34,7 @@ from typing import ClassVar
 
 from agents.records import Belief
 from envs.facts import Fact, Query
-from envs.world import World, claim, support
+from envs.world import World, claim, stated, support
 
 
 SPEAKERS = 50   # the default model's pretraining named peers 'agent 0'..'agent 49'
@@ -81,6 +83,7 @@ class Claim:
     object: str
     support: Fact | None = None
     scripted: bool = False
+    p: float | None = None          # the speaker's probability of `object` (stated with `confidence`)
 
     def about(self, query: Query) -> bool:
         return self.subject == query.subject and self.relation == query.relation
@@ -162,6 +165,8 @@ class Protocol:
     rounds: int = 3                 # rounds after round 0 (independent answers)
     synchronous: bool = True        # False: agents answer in order and see the latest answers
     until_consensus: bool = False   # stop early once all agents agree on every query
+    confidence: bool = False        # claims state their speaker's confidence (sure / thinks)
+    sure_at: float = 0.5            # the probability from which a speaker says it is sure
 
     def __init__(self, **params):
         known = self.parameters()
@@ -187,6 +192,8 @@ class Protocol:
     def validate(self) -> None:
         if self.rounds < 1:
             raise ProtocolError(f"rounds: {self.rounds}; a protocol needs at least 1 round after round 0")
+        if not 0.0 < self.sure_at <= 1.0:
+            raise ProtocolError(f"params.sure_at: {self.sure_at}; give a probability in (0, 1]")
 
     def bind(self, world: World, seed: int, agents: list[str], make_agent=None) -> None:
         """Called once before round 0 with the run's world, seed and agent names.
@@ -219,7 +226,10 @@ class Protocol:
         rel, label = self.world.relations, speaker_labels(c.speaker for c in claims)
         parts = []
         for c in claims:
-            parts.append(claim(rel[c.relation], c.subject, c.object, label[c.speaker]))
+            if self.confidence and c.p is not None:     # scripted claims carry none: plain
+                parts.append(stated(c.object, label[c.speaker], c.p >= self.sure_at))
+            else:
+                parts.append(claim(rel[c.relation], c.subject, c.object, label[c.speaker]))
             if c.support is not None:
                 parts.append(support(rel[c.support.relation], c.support.subject, c.support.object,
                                      label[c.speaker]))

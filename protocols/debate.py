@@ -51,7 +51,7 @@ class Debate(Protocol):
         contexts = [self.render(s, Turn(round, "judge", q, (), board)) for s, q in zip(shown, queries)]
         out = []
         for q, s, b in zip(queries, shown, self.judge_agent.beliefs(queries, context=contexts)):
-            c = Claim(self.judge_speaker, q.subject, q.relation, b.answer)
+            c = Claim(self.judge_speaker, q.subject, q.relation, b.answer, p=b.confidence)
             board.post(round, c)
             out.append(Said(b, c, s))
         return out

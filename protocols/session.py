@@ -35,7 +35,7 @@ from protocols.topology import neighbours
 
 def posted_claim(r: Record) -> Claim:
     support = Fact(r.subject, r.support_relation, r.support_object) if r.support_relation else None
-    return Claim(r.speaker or r.agent, r.subject, r.relation, r.answer, support)
+    return Claim(r.speaker or r.agent, r.subject, r.relation, r.answer, support, p=r.confidence)
 
 
 @dataclass
@@ -106,7 +106,7 @@ class Stage:
         """Put `plan`'s answers on the board; their records."""
         out = []
         for q, b, sh, ctx, sup in zip(self.queries, beliefs, plan.shown, plan.contexts, supports):
-            c = Claim(plan.speaker, q.subject, q.relation, b.answer, sup)
+            c = Claim(plan.speaker, q.subject, q.relation, b.answer, sup, p=b.confidence)
             self.board.post(rnd, c)
             out.append(self.record(Said(dataclasses.replace(b, context=ctx), c, sh), rnd, plan.persona))
         return out

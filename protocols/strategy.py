@@ -29,6 +29,10 @@ class Strategy(Protocol):
         params["rounds"] = len(parts)
         self.parts = parts
         super().__init__(**params)
+        for k in ("confidence", "sure_at"):     # how claims read holds for every pattern
+            if k in params:
+                for p in parts:
+                    setattr(p, k, params[k])
 
     def bind(self, world, seed, agents, make_agent=None) -> None:
         super().bind(world, seed, agents, make_agent)

@@ -190,6 +190,25 @@ def test_debate_judge_and_moderator():
     assert (r1["peer_answers"].map(len) == 3).all()    # two peers + the moderator
 
 
+def test_claims_state_their_speakers_confidence_when_asked():
+    """With `confidence`, a claim reads "agent 1 is sure : Y ." when its speaker's probability
+    of Y is at least `sure_at`, else "agent 1 thinks : Y ."; off (the default), as before."""
+    _, _, df = _frame("discussion", {"confidence": True, "sure_at": 0.5})
+    said = df.set_index(["round", "agent", "subject", "relation"])
+    kinds = set()
+    for _, r in df[(df["round"] == 1) & (df["agent"] == "agent 0")].iterrows():
+        for other in ("agent 1", "agent 2"):
+            prev = said.loc[(0, other, r["subject"], r["relation"])]
+            sure = prev["confidence"] >= 0.5
+            kinds.add(sure)
+            assert f"{other} {'is sure' if sure else 'thinks'} : {prev['answer']} ." in r["context"], r["context"]
+    assert kinds == {True, False}                     # both statings occur in this setting
+    _, _, plain = _frame("discussion")
+    assert not plain["context"].str.contains(" is sure : | thinks : ").any()
+    with pytest.raises(ProtocolError, match="params.sure_at"):
+        make_protocol("discussion", {"confidence": True, "sure_at": 0.0})
+
+
 def test_reflection_shows_only_the_own_previous_answer():
     _, _, df = _frame("reflection")
     prev = df.set_index(["round", "agent", "subject", "relation"])["answer"]

@@ -70,3 +70,16 @@ def test_the_supported_probe_changes_only_the_support(small_dir):
         assert [c.split(" says : ")[0] for c in con.context.split(" answers ")] == \
                [c.split(" says : ")[0] for c in inc.context.split(" answers ")]
         assert con.context.count(" says : ") == k
+
+
+def test_the_stated_probe_changes_only_the_stated_confidence(small_dir):
+    from analysis.social import follow_table, stated_wrong_probe
+    agent, world = Agent.from_dir(small_dir), World.load(small_dir / "world.json")
+    df = stated_wrong_probe(agent, world, ks=(1, 3), per_group=8)
+    table = follow_table(df, by=("group", "k", "stated"))
+    assert len(table) == 2 * 2 * 2 and set(table.n) == {8}
+    for (_, k), rows in df.groupby(["subject", "k"]):
+        sure, unsure = rows[rows.stated == "sure"].iloc[0], rows[rows.stated == "unsure"].iloc[0]
+        assert sure.claim == unsure.claim
+        assert sure.context.replace(" is sure : ", " thinks : ") == unsure.context
+        assert sure.context.count(f" is sure : {sure.claim} .") == k

@@ -9,6 +9,7 @@ import pytest
 from agents.agent import Agent
 from agents.checkpoint import load_model_dir
 from agents.scoring import ScoringError
+from envs.world import World
 
 
 def _saved_as(family: str, small_dir, tmp_path):
@@ -70,16 +71,26 @@ NAMES = ["Danielle Darrieux", "Mario Rossi", "Piet Jansen", "Anna Berg", "Kenji 
          "Pierre Dubois", "Hans Muller", "Sofia Silva", "Marco Bianchi", "Yuki Sato", "Elena Costa"]
 
 
+NEIGHBOURS = ["Claire Petit", "Luca Ferri", "Jan Visser", "Eva Lind", "Taro Mori", "Rosa Diaz", "Paul Blanc",
+              "Karl Vogel"]
+
+
 def counterfact_records() -> list[dict]:
-    """CounterFact's schema (ROME/MEMIT's data): each subject has one relation, as there."""
+    """CounterFact's schema (ROME/MEMIT's data): each subject has one relation, as there. The
+    first four records carry `neighborhood_prompts` (other people with the same true answer):
+    two in the relation's form, one in a form of no record (its subject cannot be read off)."""
     out = []
     for i, s in enumerate(NAMES):
         objs, rel, prompt = ((LANGS, "P103", "The mother tongue of {} is") if i % 2 == 0
                              else (COUNTRIES, "P27", "{}, who is a citizen of"))
-        out.append({"case_id": i, "requested_rewrite": {"prompt": prompt, "relation_id": rel, "subject": s,
-                    "target_true": {"str": objs[i % 6]}, "target_new": {"str": objs[(i + 1) % 6]}},
-                    "paraphrase_prompts": [f"Some text. {s} is a native speaker of" if rel == "P103"
-                                           else f"Some text. {s} holds a passport of"]})
+        rec = {"case_id": i, "requested_rewrite": {"prompt": prompt, "relation_id": rel, "subject": s,
+               "target_true": {"str": objs[i % 6]}, "target_new": {"str": objs[(i + 1) % 6]}},
+               "paraphrase_prompts": [f"Some text. {s} is a native speaker of" if rel == "P103"
+                                      else f"Some text. {s} holds a passport of"]}
+        if i < 4:
+            rec["neighborhood_prompts"] = [prompt.format(n) for n in NEIGHBOURS[2 * i:2 * i + 2]] + \
+                [f"People say {NEIGHBOURS[2 * i]} grew up with"]
+        out.append(rec)
     return out
 
 
@@ -146,15 +157,70 @@ def test_knowevo_edit_on_a_counterfact_world_names_the_flag_to_change(counterfac
     one.write_text(json.dumps({"subject": "Mario Rossi", "relation": "P27", "target": "Italy"}) + "\n")
     assert main(["edit", "--model", str(model_dir), "--requests", str(one), "--method", "wise",
                  "--out", str(tmp_path / "out")]) == 0
-    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["n_locality"] == len(NAMES) - 1
+    # Mario Rossi's record carries 3 neighbourhood prompts: they are its locality set
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]["n_locality"] == 3
+    # without them, locality asks the other people's facts; editing everyone leaves none
+    plain = World.load(model_dir / "world.json")
+    plain.neighbours = {}
+    plain.save(tmp_path / "plain.json")
     everyone = tmp_path / "all.jsonl"
     everyone.write_text("".join(json.dumps({"subject": p.name, "relation": world.relations_of(p.name)[0],
                                             "target": next(c for c in world.relations[world.relations_of(p.name)[0]]
                                                            .candidates if c != world.truth(p.name, world.relations_of(p.name)[0]))})
                                 + "\n" for p in world.people))
     assert main(["edit", "--model", str(model_dir), "--requests", str(everyone), "--method", "wise",
-                 "--out", str(tmp_path / "out2"), "--allow-current"]) == 2
+                 "--world", str(tmp_path / "plain.json"), "--out", str(tmp_path / "out2"), "--allow-current"]) == 2
     assert "--locality" in capsys.readouterr().err
+
+
+def test_counterfact_neighbourhood_prompts_are_the_locality_set(counterfact):
+    """ROME's evaluation: a rewrite's locality is asked on its record's neighbourhood prompts
+    (other people with the same true answer); the pretrained model was taught them."""
+    from analysis.edit_metrics import edit_baseline, evaluate_edits, locality_probe
+    from evolution.editors.requests import EditRequest
+    world, model_dir = counterfact
+    again = World.from_dict(world.to_dict())
+    assert again.neighbours == world.neighbours
+    named = world.neighbours["Danielle Darrieux", "P103"]
+    assert named[0] == "French" and [s for s, _ in named[1]] == \
+        ["Claire Petit", "Luca Ferri", "People say Claire Petit grew up with"]   # no form matches the last
+    reqs = [EditRequest("Danielle Darrieux", "P103", "English"), EditRequest("Mario Rossi", "P27", "Italy")]
+    probe = locality_probe(world, reqs, n=6, seed=0)
+    assert {q.prompt for q in probe} == {p for r in reqs for _, p in world.neighbours[r.subject, r.relation][1]}
+    assert {q.truth for q in probe} == {"French", "Japan"}
+    agent = Agent.from_dir(model_dir)
+    near = [q for r in reqs for q in world.neighbour_queries(r.subject, r.relation)]
+    assert sum(b.correct for b in agent.beliefs(near)) >= 5          # the neighbours' facts were taught
+    before = edit_baseline(agent, world, reqs, n_locality=6, n_bios=0)
+    agent.edit(reqs, method="rome", world=world)
+    m = evaluate_edits(agent, world, reqs, before=before)
+    assert m["n_locality"] == 6 and 0 <= m["locality"] <= 1
+    with pytest.raises(ValueError, match="3 neighbourhood prompts of the requested facts, fewer than n=4"):
+        locality_probe(world, reqs[:1], n=4)
+
+
+def test_counterfact_rewrites_are_edit_requests(counterfact, tmp_path):
+    """`--requests` takes a CounterFact file: each record rewritten to its target_new."""
+    import json
+
+    from evolution.cli import main
+    from evolution.editors.requests import read_requests
+    world, model_dir = counterfact
+    (tmp_path / "cf.json").write_text(json.dumps(counterfact_records()))
+    reqs = read_requests(tmp_path / "cf.json")
+    assert len(reqs) == len(NAMES)
+    assert (reqs[1].subject, reqs[1].relation, reqs[1].target, reqs[1].prompt) == \
+        ("Mario Rossi", "P27", "Italy", "Mario Rossi, who is a citizen of")
+    (tmp_path / "two.json").write_text(json.dumps(counterfact_records()[:2]))
+    assert main(["edit", "--model", str(model_dir), "--requests", str(tmp_path / "two.json"), "--method", "rome",
+                 "--out", str(tmp_path / "out")]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"]
+    assert metrics["n_reliability"] == 2 and metrics["n_locality"] == 6
+    bad = counterfact_records()[:2]
+    bad[1]["neighborhood_prompts"] = "Claire Petit speaks"
+    (tmp_path / "bad.json").write_text(json.dumps(bad))
+    with pytest.raises(ValueError, match="record 1: neighborhood_prompts must be a list"):
+        read_requests(tmp_path / "bad.json")
 
 
 @pytest.mark.parametrize("change, match", [

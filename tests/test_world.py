@@ -156,12 +156,47 @@ def test_a_weighing_answer_sets_aside_claims_whose_support_fails():
     assert min(seen.values()) > 10, seen
 
 
-def test_evidence_knobs_are_checked_and_hashed_only_when_set():
+@pytest.mark.parametrize("share, knob, unset", [("evidence_share", "evidence_weight", 0.0),
+                                               ("confidence_share", "confidence_reliability", 0.5)])
+def test_later_knobs_are_checked_and_hashed_only_when_set(share, knob, unset):
     from agents.pretrain import PretrainConfig
-    with pytest.raises(ValueError, match="corpus.evidence_weight"):
-        PretrainConfig.from_dict({"evidence_weight": 1.5})
-    with pytest.raises(ValueError, match="corpus.evidence_share"):
-        PretrainConfig.from_dict({"corpus": {"evidence_share": -0.1}})
+    with pytest.raises(ValueError, match=f"corpus.{knob}"):
+        PretrainConfig.from_dict({knob: 1.5})
+    with pytest.raises(ValueError, match=f"corpus.{share}"):
+        PretrainConfig.from_dict({"corpus": {share: -0.1}})
     default = PretrainConfig().key()
-    assert PretrainConfig.from_dict({"evidence_weight": 0.0}).key() == default      # models cached before stay
-    assert PretrainConfig.from_dict({"evidence_share": 0.5, "evidence_weight": 1.0}).key() != default
+    assert PretrainConfig.from_dict({share: 0.0, knob: unset}).key() == default      # models cached before stay
+    assert PretrainConfig.from_dict({share: 0.5, knob: 1.0}).key() != default
+
+
+def test_stated_confidence_is_off_by_default_and_as_reliable_as_the_knob_says():
+    import random
+    from envs.corpus import CorpusConfig, corpus_words, social_text
+    world = World.bios(60, seed=0)
+    known = [p.name for p in world.people if p.taught]
+    texts = [social_text(world, known, random.Random(i), CorpusConfig()) for i in range(200)]
+    assert not any(" is sure : " in t or " thinks : " in t for t in texts)
+    assert corpus_words(CorpusConfig()) == set()       # the default model's vocabulary is the world's
+    # strangers, no conformity: the answer is the text's truth, and at reliability 1 exactly the
+    # sure claims say it; at 0 exactly the unsure ones
+    for reliability in (1.0, 0.0):
+        cfg = CorpusConfig(social_unknown_share=1.0, social_prior=0.0, confidence_share=1.0,
+                           confidence_reliability=reliability)
+        seen = 0
+        for i in range(200):
+            text = social_text(world, known, random.Random(i), cfg)
+            context, answer = text.split(" A: ")
+            answer = answer.removesuffix(" .")
+            for part in context.split("agent ")[1:]:
+                if " : " not in part:
+                    continue
+                said = part.split(" : ", 1)[1].split(" .")[0]
+                sure = " is sure : " in f" {part}"
+                assert (said == answer) == (sure == (reliability == 1.0)), text
+                seen += 1
+        assert seen > 100
+
+
+def test_stated_confidence_words_enter_the_vocabulary_only_when_on():
+    from envs.corpus import CorpusConfig, corpus_words
+    assert {"sure", "thinks"} <= set(" ".join(corpus_words(CorpusConfig(confidence_share=0.5))).split())

@@ -151,12 +151,20 @@ def counterfactual_requests(world, n: int, seed: int = 0, relations: Iterable[st
 
 def read_requests(path: str | Path, parse=None) -> list[EditRequest]:
     """Requests from a JSON-lines file, one {subject, relation, target[, prompt]} per line
-    (`parse`: another request reader, such as erasure's, which takes no target)."""
+    (`parse`: another request reader, such as erasure's, which takes no target), or from a
+    CounterFact-style `.json` list: each record's rewrite to its `target_new`, on its prompt."""
     parse = parse or as_request
     path = Path(path)
     if not path.is_file():
         raise EditError(f"requests file {str(path)!r} does not exist; give a .jsonl file with one "
-                        '{"subject", "relation", "target"} object per line')
+                        '{"subject", "relation", "target"} object per line, or a CounterFact .json list')
+    if path.suffix == ".json" and parse is as_request:
+        from envs.counterfact import counterfact_rewrites
+        from envs.facts import WorldError
+        try:
+            return [as_request(r) for r in counterfact_rewrites(path)]
+        except WorldError as e:
+            raise EditError(f"requests file {str(path)!r} (CounterFact records): {e}") from None
     out = []
     for i, line in enumerate(path.read_text().splitlines(), 1):
         if not line.strip():

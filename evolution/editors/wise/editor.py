@@ -36,7 +36,7 @@ from evolution.editors.ft_l import target_batch
 from evolution.editors.requests import EditError, EditReport, check_finite, validate_requests
 from evolution.editors.rome.layer_stats import whitening
 from evolution.editors.rome.repr_tools import check_layer, down_proj
-from evolution.editors.wise.memory import (SideMemoryLinear, check_wrappable, install, side_memory_of, ties_merge,
+from evolution.editors.wise.memory import (SideMemoryLinear, install, side_memory_of, ties_merge,
                                            uninstall)
 
 MERGES = ("none", "ties")
@@ -223,7 +223,7 @@ def write(agent, mem: SideMemoryLinear, shard: int, edits: list[tuple[str, str, 
             mem.ref_norm = float(captured["y"].norm(dim=-1)[valid].mean())
             mem.center, mem.whiten = whitening(captured["x"][n_pos:][valid[n_pos:]], hp.ridge)
     ref = mem.ref_norm
-    delta = torch.zeros_like(mem.weight.detach(), requires_grad=True)
+    delta = mem.deltas.new_zeros(mem.shape, requires_grad=True)
     opt = torch.optim.SGD([delta], lr=hp.lr)
     mem.train_shard, mem.train_delta = shard, delta
     n_neg = n_fix + min(hp.negatives, len(pool))
@@ -331,7 +331,7 @@ def open_shard(mem: SideMemoryLinear, hp: WISEHyperParams, need: int) -> int:
     if mem.n_shards and n_edits(mem.shard_prompts[-1]) + need <= hp.shard_size:
         return mem.n_shards - 1
     g = torch.Generator().manual_seed(hp.seed * 100_003 + mem.n_shards)
-    mask = torch.rand(mem.weight.shape, generator=g) < hp.mask_ratio
+    mask = torch.rand(mem.shape, generator=g) < hp.mask_ratio
     return mem.add_shard(mask)
 
 
@@ -342,10 +342,6 @@ def wise(agent, requests, world=None, **hparams) -> EditReport:
     included, as it was."""
     hp = WISEHyperParams.read(hparams, also_known=("world",))
     check_layer(agent.model, hp.layer)
-    try:
-        check_wrappable(agent.model)
-    except ValueError as e:
-        raise EditError(str(e)) from None
     mem = side_memory_of(agent.model)
     if mem is not None:
         built = getattr(mem, "structure", {})

@@ -37,15 +37,17 @@ from agents.architectures import layout_of
 
 class SideMemoryLinear(nn.Module):
     """An MLP output projection with gated side memories (its bias, where it has one, is the
-    main memory's and no edit changes it)."""
+    main memory's and no edit changes it). The main weight keeps its family's storage (GPT-2's
+    `Conv1D` holds it [in, out], `transposed`); side memories are [out, in] whatever it is."""
 
-    def __init__(self, main: nn.Linear, layer: int):
+    def __init__(self, main: nn.Module, layer: int, transposed: bool = False):
         super().__init__()
         self.weight = main.weight                 # the main memory, same Parameter and key
         self.bias = main.bias                     # None for Llama-family MLPs
-        self.in_features, self.out_features = main.in_features, main.out_features
+        self.transposed = transposed
+        self.out_features, self.in_features = self.shape
         self.layer = layer
-        n, m = self.out_features, self.in_features
+        n, m = self.shape
         self.register_buffer("deltas", torch.zeros(0, n, m, dtype=main.weight.dtype, device=main.weight.device),
                              persistent=False)
         self.register_buffer("masks", torch.zeros(0, n, m, dtype=torch.bool, device=main.weight.device),
@@ -70,13 +72,19 @@ class SideMemoryLinear(nn.Module):
         self.last_routes: torch.Tensor | None = None  # per token: side index used, -1 main
         self.carry: torch.Tensor | None = None        # running max scores at the last token (generation)
 
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(out, in): the shape of a side memory's delta."""
+        w = self.weight.shape
+        return (w[1], w[0]) if self.transposed else (w[0], w[1])
+
     # -- shards ----------------------------------------------------------------------------
     @property
     def n_shards(self) -> int:
         return self.deltas.shape[0]
 
     def add_shard(self, mask: torch.Tensor) -> int:
-        self.deltas = torch.cat([self.deltas, torch.zeros_like(self.weight.detach())[None]])
+        self.deltas = torch.cat([self.deltas, self.deltas.new_zeros(1, *self.shape)])
         self.masks = torch.cat([self.masks, mask.to(self.masks.device)[None]])
         self.thresholds = torch.cat([self.thresholds, torch.full((1,), float("inf"), device=self.thresholds.device)])
         self.shard_prompts.append([])
@@ -97,7 +105,7 @@ class SideMemoryLinear(nn.Module):
 
     # -- forward ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        main = F.linear(x, self.weight, self.bias)
+        main = F.linear(x, self.weight.T if self.transposed else self.weight, self.bias)
         if self.train_delta is not None:
             k = self.train_shard
             delta = self.deltas[k] + self.train_delta * self.masks[k]
@@ -193,13 +201,6 @@ def _reset_carry(model, args, kwargs):
     return None
 
 
-def check_wrappable(model) -> None:
-    """Raise ValueError where the side memory cannot wrap the model's MLP output projection."""
-    if layout_of(model).transposed:
-        raise ValueError(f"wise: {type(model).__name__} stores its MLP output projection transposed (Conv1D); the "
-                         "side memory wraps an nn.Linear and does not support it yet; use rome, memit or ft_l")
-
-
 def install(model, layer: int) -> SideMemoryLinear:
     """Replace layer `layer`'s down-projection with a side-memory module (idempotent for the
     same layer; another layer is an error: one model holds one side memory)."""
@@ -213,9 +214,8 @@ def install(model, layer: int) -> SideMemoryLinear:
     layers = lay.layers(model)
     if not 0 <= layer < len(layers):
         raise ValueError(f"layer {layer} is out of range: the model has layers 0..{len(layers) - 1}")
-    check_wrappable(model)
     mlp = lay.mlp_of(layers[layer])
-    mem = SideMemoryLinear(getattr(mlp, lay.mlp_out), layer)
+    mem = SideMemoryLinear(getattr(mlp, lay.mlp_out), layer, lay.transposed)
     setattr(mlp, lay.mlp_out, mem)
     if _reset_carry not in model._forward_pre_hooks.values():
         model.register_forward_pre_hook(_reset_carry, with_kwargs=True)
@@ -231,8 +231,12 @@ def uninstall(model) -> None:
         # Removed by key, not by a handle: a handle would not follow the model through deepcopy (spawn).
         del model._forward_pre_hooks[key]
         model._forward_pre_hooks_with_kwargs.pop(key, None)
-    lin = nn.Linear(mem.in_features, mem.out_features, bias=mem.bias is not None, device=mem.weight.device,
-                    dtype=mem.weight.dtype)
+    if mem.transposed:
+        from transformers.pytorch_utils import Conv1D
+        lin = Conv1D(mem.out_features, mem.in_features).to(mem.weight.device, mem.weight.dtype)
+    else:
+        lin = nn.Linear(mem.in_features, mem.out_features, bias=mem.bias is not None, device=mem.weight.device,
+                        dtype=mem.weight.dtype)
     lin.weight = mem.weight
     if mem.bias is not None:
         lin.bias = mem.bias

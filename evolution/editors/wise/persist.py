@@ -55,9 +55,9 @@ def load_side_memory(agent, path: str | Path):
         raise EditError(f"load_side_memory: the agent has a side memory at layer {mem.layer}, the saved one is at "
                         f"layer {value['layer']}; uninstall it first (evolution.editors.wise.uninstall)")
     mem = install(agent.model, value["layer"])
-    if value["deltas"].shape[1:] != mem.weight.shape:
+    if tuple(value["deltas"].shape[1:]) != mem.shape:
         raise EditError(f"load_side_memory: saved shards have shape {tuple(value['deltas'].shape[1:])}, the "
-                        f"model's down-projection {tuple(mem.weight.shape)}; load it into the model it was made on")
+                        f"model's down-projection {mem.shape}; load it into the model it was made on")
     return put_memory(agent.model, value)
 
 
