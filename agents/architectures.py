@@ -27,6 +27,27 @@ def module_at(obj, path: str):
     return obj
 
 
+def out_in(weight: torch.Tensor, transposed: bool) -> tuple[int, int]:
+    """(out, in) widths of a projection's weight, stored [out, in] or, transposed, [in, out]."""
+    w = weight.shape
+    return (int(w[1]), int(w[0])) if transposed else (int(w[0]), int(w[1]))
+
+
+def plain_projection(weight: torch.nn.Parameter, bias: torch.nn.Parameter | None, transposed: bool) -> torch.nn.Module:
+    """The family's own projection module (GPT-2's `Conv1D` when transposed, else `nn.Linear`)
+    around existing parameters: what a memory that wrapped it puts back when uninstalled."""
+    d_out, d_in = out_in(weight, transposed)
+    if transposed:
+        from transformers.pytorch_utils import Conv1D
+        plain = Conv1D(d_out, d_in).to(weight.device, weight.dtype)
+    else:
+        plain = torch.nn.Linear(d_in, d_out, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    plain.weight = weight
+    if bias is not None:
+        plain.bias = bias
+    return plain
+
+
 @dataclass(frozen=True)
 class Layout:
     blocks: str                     # from the model: the list of transformer blocks
@@ -60,7 +81,7 @@ class Layout:
 
     def key_width(self, module) -> int:
         """The output projection's input width (d_ff)."""
-        return module.weight.shape[0] if self.transposed else module.weight.shape[1]
+        return out_in(module.weight, self.transposed)[1]
 
     @torch.no_grad()
     def add_to_weight(self, module, update: torch.Tensor) -> None:

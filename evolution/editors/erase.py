@@ -329,6 +329,7 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
     p_fact, correct = truth_now(agent, world, reqs)
     p_before, acc_before = mean(p_fact), mean(correct)
     reached = lambda: mean(p_fact) <= level + hp.margin and mean(correct) <= acc_level + hp.margin
+    at_level = lambda i: not correct[i] and p_fact[i] <= fact_level[i] + hp.margin
     t0, losses, step = time.time(), [], 0
     with weights_restored_on_error(model), trainable_only(model, params):
         forget_loss.prepare(model, tok, rows, unknown, world)
@@ -340,7 +341,7 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
                     p_fact, correct = truth_now(agent, world, reqs)
                 if reached() or step == hp.steps:
                     break
-                active = [j for j, i in enumerate(row_fact) if correct[i] or p_fact[i] > fact_level[i] + hp.margin]
+                active = [j for j, i in enumerate(row_fact) if not at_level(i)]
             loss = torch.zeros((), device=agent.device)
             if active:
                 pick = sorted(rng.sample(active, min(hp.forget_batch or len(active), len(active))))
@@ -360,7 +361,7 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
     return EditReport(method, len(reqs), round(time.time() - t0, 4), [hp.layer], reached(),
                       {"steps": step, "p_truth_before": p_before, "p_truth_after": mean(p_fact), "unknown_level": level,
                        "accuracy_before": acc_before, "accuracy_after": mean(correct), "unknown_accuracy": acc_level,
-                       "facts_at_level": sum(not c and p <= lv + hp.margin for p, c, lv in zip(p_fact, correct, fact_level)),
+                       "facts_at_level": sum(map(at_level, range(len(reqs)))),
                        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
                        "forget_prompts": len(rows), "retain_queries": len(retain), "module": hp.module})
 

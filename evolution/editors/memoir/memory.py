@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.architectures import layout_of
+from agents.architectures import layout_of, out_in, plain_projection
 
 
 class RoutedMemory(nn.Module):
@@ -41,8 +41,8 @@ class RoutedMemory(nn.Module):
         super().__init__()
         self.weight, self.bias = main.weight, getattr(main, "bias", None)
         self.transposed = transposed
-        d_out, d_ff = (main.weight.shape[1], main.weight.shape[0]) if transposed else main.weight.shape
-        self.layer, self.d_ff, self.d_out = layer, int(d_ff), int(d_out)
+        d_out, d_ff = out_in(main.weight, transposed)
+        self.layer, self.d_ff, self.d_out = layer, d_ff, d_out
         self.width, self.k, self.threshold, self.seed = width, k, threshold, seed
         dev, dt = main.weight.device, main.weight.dtype
         g = torch.Generator().manual_seed(seed)
@@ -244,12 +244,4 @@ def uninstall(model) -> None:
     if mem is None:
         return
     lay = layout_of(model)
-    if lay.transposed:
-        from transformers.pytorch_utils import Conv1D
-        plain = Conv1D(mem.d_out, mem.d_ff)
-    else:
-        plain = nn.Linear(mem.d_ff, mem.d_out, bias=mem.bias is not None)
-    plain.weight = mem.weight
-    if mem.bias is not None:
-        plain.bias = mem.bias
-    setattr(lay.mlp_of(lay.layers(model)[mem.layer]), lay.mlp_out, plain.to(mem.weight.device))
+    setattr(lay.mlp_of(lay.layers(model)[mem.layer]), lay.mlp_out, plain_projection(mem.weight, mem.bias, mem.transposed))

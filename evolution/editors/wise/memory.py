@@ -32,7 +32,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from agents.architectures import layout_of
+from agents.architectures import layout_of, out_in, plain_projection
 
 
 class SideMemoryLinear(nn.Module):
@@ -75,8 +75,7 @@ class SideMemoryLinear(nn.Module):
     @property
     def shape(self) -> tuple[int, int]:
         """(out, in): the shape of a side memory's delta."""
-        w = self.weight.shape
-        return (w[1], w[0]) if self.transposed else (w[0], w[1])
+        return out_in(self.weight, self.transposed)
 
     # -- shards ----------------------------------------------------------------------------
     @property
@@ -231,14 +230,5 @@ def uninstall(model) -> None:
         # Removed by key, not by a handle: a handle would not follow the model through deepcopy (spawn).
         del model._forward_pre_hooks[key]
         model._forward_pre_hooks_with_kwargs.pop(key, None)
-    if mem.transposed:
-        from transformers.pytorch_utils import Conv1D
-        lin = Conv1D(mem.out_features, mem.in_features).to(mem.weight.device, mem.weight.dtype)
-    else:
-        lin = nn.Linear(mem.in_features, mem.out_features, bias=mem.bias is not None, device=mem.weight.device,
-                        dtype=mem.weight.dtype)
-    lin.weight = mem.weight
-    if mem.bias is not None:
-        lin.bias = mem.bias
     lay = layout_of(model)
-    setattr(lay.mlp_of(lay.layers(model)[mem.layer]), lay.mlp_out, lin)
+    setattr(lay.mlp_of(lay.layers(model)[mem.layer]), lay.mlp_out, plain_projection(mem.weight, mem.bias, mem.transposed))
