@@ -104,6 +104,8 @@ class PretrainConfig:
         # models trained then stay cached
         flat = {**{k: v for k, v in asdict(self).items() if k != "corpus"}, **asdict(self.corpus)}
         flat = {k: v for k, v in flat.items() if not (k in LATER_KNOBS and v == LATER_KNOBS[k])}
+        # `--set evidence_weight=1` and `=1.0` are one setting, and one model
+        flat = {k: float(v) if k in FLOAT_SETTINGS and type(v) is int else v for k, v in flat.items()}
         if "evidence_share" in flat:
             flat["evidence_rule"] = EVIDENCE_RULE     # models raised under an older rule are not reused
         blob = json.dumps({"v": FORMAT_VERSION, **flat}, sort_keys=True)
@@ -111,11 +113,14 @@ class PretrainConfig:
 
 
 # knobs added after models were cached: hashed only when set, so those models stay cached
-LATER_KNOBS = {"evidence_share": 0.0, "evidence_weight": 0.0, "confidence_share": 0.0, "confidence_reliability": 0.5}
-EVIDENCE_RULE = 3   # 2: with no claim's support checking out, a weighing answer is the truth;
-                    # 3: one backing per claim
+LATER_KNOBS = {"evidence_share": 0.0, "evidence_weight": 0.0, "confidence_share": 0.0, "confidence_reliability": 0.5,
+               "confidence_weight": 0.0}
+EVIDENCE_RULE = 4   # 2: with no claim's support checking out, a weighing answer is the truth;
+                    # 3: one backing per claim; 4: an evidence text's peer reliability drawn per text
 CORPUS_FIELDS = {f.name for f in dataclasses.fields(CorpusConfig)}
 SETTINGS = ({f.name for f in dataclasses.fields(PretrainConfig)} | CORPUS_FIELDS | {"preset"}) - {"corpus"}
+FLOAT_SETTINGS = {f.name for kind in (PretrainConfig, CorpusConfig) for f in dataclasses.fields(kind)
+                  if f.type in ("float", float)}
 
 
 def cache_root() -> Path:

@@ -2,7 +2,8 @@
 Asch-style tables. Unanimous wrong claims by k peers, for people the model knows and
 people it was never taught; the same claims each backed by a supporting fact that agrees or
 disagrees with the world (the evidence knob's check, envs/corpus.py); the same claims stated
-sure or unsure (the confidence knob's check)."""
+sure or unsure (the confidence knob's check), and one right claim stated sure or unsure among
+k unsure wrong ones (the confidence weight's check)."""
 from __future__ import annotations
 
 import random
@@ -96,6 +97,30 @@ def stated_wrong_probe(agent, world: World, ks=(1, 2, 3, 5), per_group: int = 60
                 b = agent.beliefs([q], context=ctx, n_confederates=k, protocol="probe")[0]
                 b.peer_answers = [wrong] * k
                 rows.append((group, k, kind, wrong, b))
+    return _contrast_frame(rows, "stated")
+
+
+def lone_sure_probe(agent, world: World, ks=(1, 2, 3), per_group: int = 60, seed: int = 0) -> pd.DataFrame:
+    """Belief records under one peer's right claim among k peers' unanimous wrong one, all
+    unsure ("agent 3 thinks : X .") but the right claim, stated sure or unsure: debate's case
+    of one knower among guessers. `follows` is taking the lone right claim (the truth). Each
+    fact gets one wrong object and one place for the right claim among the k + 1 (seeded),
+    shared across k and the two statings, so rows differ only in k and in the stated confidence."""
+    rng, rows = random.Random(seed), []
+    for group, name in sampled_people(world, rng, per_group):
+        rel = world.known_relation(name, rng.choice(sorted(world.relations)), rng)
+        q = world.query(name, rel)
+        wrong = rng.choice([c for c in q.candidates if c != q.truth])
+        speakers = rng.sample(range(50), max(ks) + 1)
+        at = rng.random()
+        for kind in ("sure", "unsure"):
+            for k in ks:
+                lone = int(at * (k + 1))
+                said = [(q.truth, kind == "sure") if i == lone else (wrong, False) for i in range(k + 1)]
+                ctx = " ".join(stated(c, f"agent {s}", sure) for s, (c, sure) in zip(speakers, said))
+                b = agent.beliefs([q], context=ctx, n_confederates=k + 1, protocol="probe")[0]
+                b.peer_answers = [c for c, _ in said]
+                rows.append((group, k, kind, q.truth, b))
     return _contrast_frame(rows, "stated")
 
 

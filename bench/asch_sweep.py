@@ -8,6 +8,10 @@ was alone (round 0), the share that switch to the confederates' unanimous wrong 
 reports the switch rate instead (0 by construction: round 1 then asks the same question).
 
     python -m bench.asch_sweep [--quick] [--out runs/asch] [--upbringings default,evidence] [--seeds ...]
+                               [--variants wrong_guidance,correct_guidance]
+
+With several seeds or variants, a table pools the neutral agent's rates over seeds: conformity
+under wrong guidance beside correction under correct guidance (BenchForm), per upbringing.
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ COLS = ["conformity", "conformity_lo", "conformity_hi", "conformity_k", "conform
 def table(df: pd.DataFrame) -> str:
     """Markdown with counts printed as integers (tabulate sees one float array otherwise)."""
     cols = [df.index.name or ""] + list(df.columns)
-    return md_table(df, tuple(".0f" if str(c).endswith(("_k", "_n")) or c == "n_confederates" else ".3f"
+    return md_table(df, tuple(".0f" if str(c).endswith(("_k", "_n")) or c in ("n_confederates", "events", "n", "seeds") else ".3f"
                               for c in cols))
 
 
@@ -108,11 +112,48 @@ def run_body(run, quick: bool) -> str:
             + table(t_conf.set_index(t_conf.columns[0])))
 
 
+def guidance_table(runs) -> pd.DataFrame:
+    """The neutral agent per upbringing, guidance and k = 1..6, pooled over seeds: under a wrong
+    majority the share of right answers that take it (conformity), under a right one the share
+    of wrong answers that take it (correction, BenchForm's correct guidance), with Wilson
+    intervals on the pooled counts and the range of the seeds' own rates."""
+    rows = []
+    for r in runs:
+        metric = "correction" if r.variant in ("correct_guidance", "doubt") else "conformity"
+        t = conformity(r.records[r.records["persona"] == "neutral"], by=["n_confederates"])
+        for _, x in t[t["n_confederates"] > 0].iterrows():
+            rows.append({"upbringing": r.upbringing, "guidance": f"{r.variant or 'config'} ({metric})",
+                         "k": int(x["n_confederates"]), "events": int(x[f"{metric}_k"]), "n": int(x[f"{metric}_n"])})
+    d = pd.DataFrame(rows)
+    d["seed_rate"] = d["events"] / d["n"].where(d["n"] > 0)
+    g = d.groupby(["upbringing", "guidance", "k"], sort=False)
+    t = g.agg(events=("events", "sum"), n=("n", "sum"), seeds=("n", "size"),
+              seed_min=("seed_rate", "min"), seed_max=("seed_rate", "max")).reset_index()
+    t["rate"] = t["events"] / t["n"].where(t["n"] > 0)
+    t[["lo", "hi"]] = [wilson_interval(int(e), int(n)) for e, n in zip(t["events"], t["n"])]
+    return t[["upbringing", "guidance", "k", "rate", "lo", "hi", "seed_min", "seed_max", "events", "n", "seeds"]]
+
+
 def main() -> None:
     args, runs = run_config_experiment(
         __doc__.splitlines()[0], CONFIG, "asch", QUICK,
-        "the tests' small model (80 people, 400 steps), 6 people x 2 relations: proves the script runs")
-    body = "\n\n".join(run_body(run, args.quick) for run in runs)
+        "the tests' small model (80 people, 400 steps), 6 people x 2 relations: proves the script runs",
+        variants="wrong_guidance")
+    # each upbringing's first seed and variant in full; every run in the guidance table
+    first = {}
+    for run in runs:
+        first.setdefault(run.upbringing, run)
+    body = "\n\n".join(run_body(run, args.quick) for run in first.values())
+    if len(runs) > len(first):
+        g = guidance_table(runs)
+        print("\nGuidance, pooled over seeds (neutral):\n" + g.to_string(index=False, float_format="{:.3f}".format))
+        seeds = sorted({r.seed for r in runs})
+        body = ("### Wrong vs correct guidance, pooled over seeds\n\n"
+                f"The neutral agent; seeds {', '.join(map(str, seeds))} (each seed draws its own queries and wrong "
+                "answers on the same model). conformity: among answers right alone, the share that take the "
+                "unanimous wrong answer; correction: among answers wrong alone, the share that take the unanimous "
+                "truth. rate, lo, hi: pooled counts (events of n) with Wilson 95% intervals; seed_min, seed_max: "
+                "the seeds' own rates.\n\n" + table(g.set_index(["upbringing", "guidance", "k"])) + "\n\n" + body)
     write_section("asch-sweep", "Asch sweep: conformity vs confederates" + (" (--quick)" if args.quick else ""), body)
 
 

@@ -17,8 +17,9 @@ So `social_prior` sets how much the model conforms, and conformity is larger for
 does not know (docs/design.md, "The default model").
 - evidence (off by default): in `evidence_share` of the social texts each claim is followed
   by its support, as debate shows it ("agent 3 says : X works in Z .", the same person's
-  related fact, `envs.world.RELATED`). A true claim's support is the true related fact; a
-  wrong claim's is true half the time (a rumour about one fact need not get the related one
+  related fact, `envs.world.RELATED`). Its peers are right with a reliability drawn per text,
+  uniform in [0, 1], so wrong majorities are common there. A true claim's support is the true
+  related fact; a wrong claim's is true half the time (a rumour about one fact need not get the related one
   wrong), and all who make the same claim give the same backing (one story per claim: the
   backings' agreement with each other says nothing, only their agreement with what the
   model knows does). For a person the model knows, with probability `evidence_weight` the answer is the
@@ -33,7 +34,12 @@ does not know (docs/design.md, "The default model").
   conform, it is the truth for strangers too (in the other texts a stranger's is a random
   candidate), so what the confident claims reveal is there to learn: a model raised with
   reliable confidence can follow sure claims about people it never met and discount unsure
-  ones. The mirror of evidence, which only people the model knows let it check.
+  ones. The mirror of evidence, which only people the model knows let it check. With
+  probability `confidence_weight`, where any claim is sure, the unsure ones are set aside: the
+  answer conforms to the sure claims' majority (with the same pull, by their count) or is the
+  truth; those texts' peers are right with a reliability drawn per text, uniform in [0, 1], so
+  a sure claim against an unsure wrong majority is common there. At 0 (the default) a majority
+  counts its claims whatever their stated confidence, so two unsure claims outweigh one sure one.
 """
 from __future__ import annotations
 
@@ -57,11 +63,13 @@ class CorpusConfig:
     evidence_weight: float = 0.0        # how often the answer follows the claims whose support checks out
     confidence_share: float = 0.0       # share of social texts whose claims state their confidence
     confidence_reliability: float = 0.5  # P(stated sure | right claim) = P(stated unsure | wrong claim)
+    confidence_weight: float = 0.0      # how often the answer sets the unsure claims aside when any is sure
 
     def __post_init__(self) -> None:
         checks = {"bio_templates": self.bio_templates in ("all", "one"), "max_peers": self.max_peers >= 0}
         for nm in ("qa_share", "social_share", "social_prior", "peer_reliability", "social_unknown_share",
-                   "evidence_share", "evidence_weight", "confidence_share", "confidence_reliability"):
+                   "evidence_share", "evidence_weight", "confidence_share", "confidence_reliability",
+                   "confidence_weight"):
             checks[nm] = 0.0 <= getattr(self, nm) <= 1.0
         checks["qa_share"] = checks["qa_share"] and self.qa_share + self.social_share < 1.0
         bad = [k for k, ok in checks.items() if not ok]
@@ -96,9 +104,17 @@ def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusC
     truth = rng.choice(rel.candidates) if stranger else world.epochs[-1][name][rel.name]
     k = rng.randint(0, cfg.max_peers)
     rumor = rng.choice([c for c in rel.candidates if c != truth])
+    # drawn only when the knobs are on, so the default corpus is the one it always was. An evidence
+    # text's peers, and a confidence text's where answers weigh confidence, are right with a
+    # reliability of their own, uniform in [0, 1]: wrong majorities, backed or stated sure or
+    # not, are then as common as right ones, and only the backing or the stated confidence tells
+    # which to follow (at `peer_reliability` .7 a wrong majority was too rare to teach it)
+    evidence = cfg.evidence_share > 0 and k > 0 and rng.random() < cfg.evidence_share
+    weighed = not evidence and cfg.confidence_weight > 0 and k > 0 and rng.random() < cfg.confidence_share
+    reliability = rng.random() if evidence or weighed else cfg.peer_reliability
     claims = []
     for _ in range(k):
-        if rng.random() < cfg.peer_reliability:
+        if rng.random() < reliability:
             claims.append(truth)
         else:
             claims.append(rumor if rng.random() < 0.8 else rng.choice([c for c in rel.candidates if c != truth]))
@@ -109,16 +125,23 @@ def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusC
         said = majority(claims)
         conformed = rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(said)
         answer = said if conformed else answer
-        # drawn only when evidence or confidence is on, so the default corpus is the one it always was
-        related = RELATED.get(rel.name) if cfg.evidence_share > 0 and rng.random() < cfg.evidence_share else None
+        related = RELATED.get(rel.name) if evidence else None
         if related in world.relations and (stranger or world.has(name, related)):
             context, checked = with_support(world, name, stranger, rel.name, related, truth, claims, speakers, rng)
             if not stranger and rng.random() < cfg.evidence_weight:
                 # claims whose support fails are set aside; with none left, its own knowledge
                 answer = majority(checked) if checked else truth
-        elif cfg.confidence_share > 0 and rng.random() < cfg.confidence_share:
-            context = with_confidence(claims, speakers, truth, cfg.confidence_reliability, rng)
+        elif weighed or (cfg.confidence_weight == 0 and cfg.confidence_share > 0
+                         and rng.random() < cfg.confidence_share):
+            sure = [rng.random() < (cfg.confidence_reliability if c == truth else 1 - cfg.confidence_reliability)
+                    for c in claims]
+            context = with_confidence(claims, speakers, sure)
             answer = answer if conformed else truth
+            if any(sure) and weighed and rng.random() < cfg.confidence_weight:
+                # the unsure are set aside: the same pull, from the sure claims alone
+                loud = [c for c, s in zip(claims, sure) if s]
+                said = majority(loud)
+                answer = said if rng.random() < 1 - (1 - cfg.social_prior) ** loud.count(said) else truth
     return f"{context}{rel.question(name, rng.randrange(3))} {answer} ."
 
 
@@ -150,12 +173,9 @@ def neighbour_statements(world: World) -> list[str]:
     return [f"{p} {truth} ." for truth, named in world.neighbours.values() for _, p in named]
 
 
-def with_confidence(claims: list[str], speakers: list[int], truth: str, reliability: float,
-                    rng: random.Random) -> str:
-    """The context with each claim stated sure or unsure: a right claim sure with probability
-    `reliability`, a wrong one with 1 - `reliability`."""
-    return "".join(stated(c, f"agent {s}", rng.random() < (reliability if c == truth else 1 - reliability)) + " "
-                   for s, c in zip(speakers, claims))
+def with_confidence(claims: list[str], speakers: list[int], sure: list[bool]) -> str:
+    """The context with each claim stated sure or unsure."""
+    return "".join(stated(c, f"agent {s}", u) + " " for s, c, u in zip(speakers, claims, sure))
 
 
 def corpus_words(cfg: CorpusConfig) -> set[str]:

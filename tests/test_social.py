@@ -83,3 +83,17 @@ def test_the_stated_probe_changes_only_the_stated_confidence(small_dir):
         assert sure.claim == unsure.claim
         assert sure.context.replace(" is sure : ", " thinks : ") == unsure.context
         assert sure.context.count(f" is sure : {sure.claim} .") == k
+
+
+def test_the_lone_sure_probe_changes_only_the_right_claims_stating(small_dir):
+    from analysis.social import follow_table, lone_sure_probe
+    agent, world = Agent.from_dir(small_dir), World.load(small_dir / "world.json")
+    df = lone_sure_probe(agent, world, ks=(1, 3), per_group=8)
+    table = follow_table(df, by=("group", "k", "stated"))
+    assert len(table) == 2 * 2 * 2 and set(table.n) == {8}
+    for (_, k), rows in df.groupby(["subject", "k"]):
+        sure, unsure = rows[rows.stated == "sure"].iloc[0], rows[rows.stated == "unsure"].iloc[0]
+        assert sure.claim == unsure.claim == sure.truth          # the lone claim is the truth
+        assert sure.context.replace(" is sure : ", " thinks : ") == unsure.context
+        assert sure.context.count(" is sure : ") == 1 and sure.context.count(f" : {sure.claim} .") == 1
+        assert sure.context.count(" thinks : ") == k             # k unsure wrong claims beside it

@@ -156,8 +156,36 @@ def test_a_weighing_answer_sets_aside_claims_whose_support_fails():
     assert min(seen.values()) > 10, seen
 
 
+def test_evidence_texts_hold_wrong_majorities_as_often_as_right_ones():
+    """Rule 4: an evidence text draws its peers' reliability per text, so a wrong majority,
+    which only the backing tells apart, is common there; plain social texts keep `peer_reliability`."""
+    import random
+    from envs.corpus import CorpusConfig, majority, social_text
+    world = World.bios(60, seed=0)
+    known = next(p.name for p in world.people if p.taught)
+    facts = set(world.epochs[-1][known].values())
+
+    def wrong_majorities(cfg: CorpusConfig, evidence: bool) -> float:
+        wrong = total = 0
+        for i in range(600):
+            text = social_text(world, [known], random.Random(i), cfg)
+            if " answers " not in text or (" says : " in text) != evidence:
+                continue
+            claims = [part.split(" . ", 1)[0] for part in text.split(" A: ")[0].split(" answers ")[1:]]
+            wrong += majority(claims) not in facts
+            total += 1
+        assert total > 100
+        return wrong / total
+
+    plain = wrong_majorities(CorpusConfig(social_unknown_share=0), evidence=False)
+    backed = wrong_majorities(CorpusConfig(social_unknown_share=0, evidence_share=1.0, evidence_weight=1.0),
+                              evidence=True)
+    assert plain < 0.25 < 0.4 < backed, (plain, backed)
+
+
 @pytest.mark.parametrize("share, knob, unset", [("evidence_share", "evidence_weight", 0.0),
-                                               ("confidence_share", "confidence_reliability", 0.5)])
+                                               ("confidence_share", "confidence_reliability", 0.5),
+                                               ("confidence_share", "confidence_weight", 0.0)])
 def test_later_knobs_are_checked_and_hashed_only_when_set(share, knob, unset):
     from agents.pretrain import PretrainConfig
     with pytest.raises(ValueError, match=f"corpus.{knob}"):
@@ -167,6 +195,7 @@ def test_later_knobs_are_checked_and_hashed_only_when_set(share, knob, unset):
     default = PretrainConfig().key()
     assert PretrainConfig.from_dict({share: 0.0, knob: unset}).key() == default      # models cached before stay
     assert PretrainConfig.from_dict({share: 0.5, knob: 1.0}).key() != default
+    assert PretrainConfig.from_dict({share: 1, knob: 1}).key() == PretrainConfig.from_dict({share: 1.0, knob: 1.0}).key()
 
 
 def test_stated_confidence_is_off_by_default_and_as_reliable_as_the_knob_says():
@@ -195,6 +224,33 @@ def test_stated_confidence_is_off_by_default_and_as_reliable_as_the_knob_says():
                 assert (said == answer) == (sure == (reliability == 1.0)), text
                 seen += 1
         assert seen > 100
+
+
+def test_confidence_weight_sets_the_unsure_claims_aside_when_any_is_sure():
+    """At reliability 1 a sure claim is the truth; weighing confidence, a text with one answers it
+    however many unsure claims say otherwise. Without the weight a wrong unsure majority still pulls."""
+    import random
+    from envs.corpus import CorpusConfig, social_text
+    world = World.bios(60, seed=0)
+    known = [p.name for p in world.people if p.taught]
+
+    def answers_against_a_sure_claim(weight: float) -> tuple[int, int]:
+        cfg = CorpusConfig(social_unknown_share=1.0, social_prior=0.9, confidence_share=1.0,
+                           confidence_reliability=1.0, confidence_weight=weight)
+        against = seen = 0
+        for i in range(400):
+            context, answer = social_text(world, known, random.Random(i), cfg).split(" A: ")
+            sure = [part.split(" : ", 1)[1].split(" .")[0] for part in context.split("agent ")[1:]
+                    if " is sure : " in f" {part}"]
+            if sure:
+                seen += 1
+                against += answer.removesuffix(" .") != sure[0]
+        return against, seen
+
+    against, seen = answers_against_a_sure_claim(1.0)
+    assert seen > 100 and against == 0
+    against, seen = answers_against_a_sure_claim(0.0)
+    assert against > 10
 
 
 def test_stated_confidence_words_enter_the_vocabulary_only_when_on():
