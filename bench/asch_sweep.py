@@ -35,8 +35,8 @@ COLS = ["conformity", "conformity_lo", "conformity_hi", "conformity_k", "conform
 def table(df: pd.DataFrame) -> str:
     """Markdown with counts printed as integers (tabulate sees one float array otherwise)."""
     cols = [df.index.name or ""] + list(df.columns)
-    return md_table(df, tuple(".0f" if str(c).endswith(("_k", "_n")) or c in ("n_confederates", "events", "n", "seeds") else ".3f"
-                              for c in cols))
+    counts = ("n_confederates", "events", "n", "seeds")
+    return md_table(df, tuple(".0f" if str(c).endswith(("_k", "_n")) or c in counts else ".3f" for c in cols))
 
 
 def by_confederates(df: pd.DataFrame, by: list[str]) -> pd.DataFrame:
@@ -119,10 +119,11 @@ def guidance_table(runs) -> pd.DataFrame:
     intervals on the pooled counts and the range of the seeds' own rates."""
     rows = []
     for r in runs:
-        metric = "correction" if r.variant in ("correct_guidance", "doubt") else "conformity"
+        variant = r.variant or r.cfg.params.get("variant", "wrong_guidance")
+        metric = "correction" if variant in ("correct_guidance", "doubt") else "conformity"
         t = conformity(r.records[r.records["persona"] == "neutral"], by=["n_confederates"])
         for _, x in t[t["n_confederates"] > 0].iterrows():
-            rows.append({"upbringing": r.upbringing, "guidance": f"{r.variant or 'config'} ({metric})",
+            rows.append({"upbringing": r.upbringing, "guidance": f"{variant} ({metric})",
                          "k": int(x["n_confederates"]), "events": int(x[f"{metric}_k"]), "n": int(x[f"{metric}_n"])})
     d = pd.DataFrame(rows)
     d["seed_rate"] = d["events"] / d["n"].where(d["n"] > 0)
@@ -138,7 +139,7 @@ def main() -> None:
     args, runs = run_config_experiment(
         __doc__.splitlines()[0], CONFIG, "asch", QUICK,
         "the tests' small model (80 people, 400 steps), 6 people x 2 relations: proves the script runs",
-        variants="wrong_guidance")
+        variants="")     # the config's own variant unless --variants names them
     # each upbringing's first seed and variant in full; every run in the guidance table
     first = {}
     for run in runs:

@@ -109,7 +109,7 @@ def run_config_experiment(description: str, config: Path, name: str, quick: list
     ap.add_argument("--seeds", default=seeds, help="run seeds, comma-separated (default: the config's)")
     ap.add_argument("--upbringings", default=upbringings, help=f"comma-separated, of {sorted(UPBRINGINGS)}")
     if variants is not None:
-        ap.add_argument("--variants", default=variants, help="protocol variants (params.variant), comma-separated")
+        ap.add_argument("--variants", default=variants, help="protocol variants (params.variant), comma-separated; default: the config's")
     args = ap.parse_args()
     ups = args.upbringings.split(",")
     unknown = [u for u in ups if u not in UPBRINGINGS]
@@ -118,7 +118,7 @@ def run_config_experiment(description: str, config: Path, name: str, quick: list
     root = Path(args.out or ROOT / "runs" / (name + ("-quick" if args.quick else "")))
     sets = (quick if args.quick else []) + args.set
     seed_sets = [[f"seed={s}"] for s in args.seeds.split(",")] if args.seeds else [[]]
-    vs = args.variants.split(",") if variants is not None else [""]
+    vs = args.variants.split(",") if variants is not None and args.variants else [""]
     plan = [(u, v, sets + UPBRINGINGS[u] + ss + ([f"params.variant={v}"] if v else []))
             for u in ups for ss in seed_sets for v in vs]
     for _, _, point_sets in plan:        # every config checked before any work starts
