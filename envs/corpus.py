@@ -123,7 +123,7 @@ def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusC
     answer = truth if not stranger else rng.choice(rel.candidates)
     if k:
         said = majority(claims)
-        conformed = rng.random() < 1 - (1 - cfg.social_prior) ** claims.count(said)
+        conformed = conforms(cfg, claims.count(said), rng)
         answer = said if conformed else answer
         related = RELATED.get(rel.name) if evidence else None
         if related in world.relations and (stranger or world.has(name, related)):
@@ -141,8 +141,13 @@ def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusC
                 # the unsure are set aside: the same pull, from the sure claims alone
                 loud = [c for c, s in zip(claims, sure) if s]
                 said = majority(loud)
-                answer = said if rng.random() < 1 - (1 - cfg.social_prior) ** loud.count(said) else truth
+                answer = said if conforms(cfg, loud.count(said), rng) else truth
     return f"{context}{rel.question(name, rng.randrange(3))} {answer} ."
+
+
+def conforms(cfg: CorpusConfig, m: int, rng: random.Random) -> bool:
+    """Whether an answer takes an m-strong majority: each claim pulls with `social_prior`."""
+    return rng.random() < 1 - (1 - cfg.social_prior) ** m
 
 
 def majority(claims: list[str]) -> str:

@@ -72,27 +72,29 @@ def test_the_supported_probe_changes_only_the_support(small_dir):
         assert con.context.count(" says : ") == k
 
 
-def test_the_stated_probe_changes_only_the_stated_confidence(small_dir):
-    from analysis.social import follow_table, stated_wrong_probe
+def sure_unsure_pairs(small_dir, probe):
+    """(k, sure row, unsure row) per subject and k of a stated-confidence probe, after checking
+    its table has every group x k x stating, 8 people each."""
+    from analysis.social import follow_table
     agent, world = Agent.from_dir(small_dir), World.load(small_dir / "world.json")
-    df = stated_wrong_probe(agent, world, ks=(1, 3), per_group=8)
+    df = probe(agent, world, ks=(1, 3), per_group=8)
     table = follow_table(df, by=("group", "k", "stated"))
     assert len(table) == 2 * 2 * 2 and set(table.n) == {8}
     for (_, k), rows in df.groupby(["subject", "k"]):
-        sure, unsure = rows[rows.stated == "sure"].iloc[0], rows[rows.stated == "unsure"].iloc[0]
+        yield k, rows[rows.stated == "sure"].iloc[0], rows[rows.stated == "unsure"].iloc[0]
+
+
+def test_the_stated_probe_changes_only_the_stated_confidence(small_dir):
+    from analysis.social import stated_wrong_probe
+    for k, sure, unsure in sure_unsure_pairs(small_dir, stated_wrong_probe):
         assert sure.claim == unsure.claim
         assert sure.context.replace(" is sure : ", " thinks : ") == unsure.context
         assert sure.context.count(f" is sure : {sure.claim} .") == k
 
 
 def test_the_lone_sure_probe_changes_only_the_right_claims_stating(small_dir):
-    from analysis.social import follow_table, lone_sure_probe
-    agent, world = Agent.from_dir(small_dir), World.load(small_dir / "world.json")
-    df = lone_sure_probe(agent, world, ks=(1, 3), per_group=8)
-    table = follow_table(df, by=("group", "k", "stated"))
-    assert len(table) == 2 * 2 * 2 and set(table.n) == {8}
-    for (_, k), rows in df.groupby(["subject", "k"]):
-        sure, unsure = rows[rows.stated == "sure"].iloc[0], rows[rows.stated == "unsure"].iloc[0]
+    from analysis.social import lone_sure_probe
+    for k, sure, unsure in sure_unsure_pairs(small_dir, lone_sure_probe):
         assert sure.claim == unsure.claim == sure.truth          # the lone claim is the truth
         assert sure.context.replace(" is sure : ", " thinks : ") == unsure.context
         assert sure.context.count(" is sure : ") == 1 and sure.context.count(f" : {sure.claim} .") == 1
