@@ -48,6 +48,42 @@ class _Slot:
     solo: Agent | None = None                 # a model of its own (structure changed)
 
 
+# A batch takes the merged-weight path when it has at least this many tokens per run of a
+# changed agent's rows, per unit of rank. Measured on the default model (2 threads): a merge
+# (in x out x R) and its own matmul call cost about what the gathered low-rank path's extra
+# passes cost on 400 tokens at rank 8. Rows are batched by length, so runs are long only
+# when one agent (or a few) is asked many queries: an agent's evaluation, its texts' NLL.
+MERGE_TOKENS_PER_RANK = 50
+
+
+def runs_of(ids: list[int]) -> list[tuple[int, int, int]]:
+    """(first, end, id) of each run of equal ids."""
+    out, start = [], 0
+    for i in range(1, len(ids) + 1):
+        if i == len(ids) or ids[i] != ids[start]:
+            out.append((start, i, ids[start]))
+            start = i
+    return out
+
+
+def merged_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, runs: list[tuple[int, int, int]],
+                  At: torch.Tensor, Bt: torch.Tensor) -> torch.Tensor:
+    """x W_j^T + b for each run (first row, end row, slot j) of x's rows, W_j = W + B_j A_j
+    (slot 0: W itself), each run's product written into its part of one output."""
+    tokens = x.numel() // x.shape[-1]
+    per_row = tokens // x.shape[0]
+    x2 = x.reshape(tokens, x.shape[-1])
+    out = x2.new_empty(tokens, w.shape[0])
+    for a, b, j in runs:
+        wj = torch.addmm(w, Bt[j].T, At[j].T) if j else w
+        rows, part = x2[a * per_row:b * per_row], out[a * per_row:b * per_row]
+        if bias is None:
+            torch.mm(rows, wj.T, out=part)
+        else:
+            torch.addmm(bias, rows, wj.T, out=part)
+    return out.view(*x.shape[:-1], w.shape[0])
+
+
 def _linear_like(m: nn.Module) -> bool:
     """Modules whose weight W acts as out = x W^T (+ b): a low-rank change is a gathered matmul."""
     return isinstance(m, nn.Linear)
@@ -80,9 +116,12 @@ class PopulationPlacement(Placement):
         self._packs: dict[str, dict] | None = None      # per module: stacks, rebuilt when deltas change
         self._rows: torch.Tensor | None = None          # agent id of each row of the running forward
         self._in_hook = False
+        self._runs: list[tuple[int, int, int]] | None = None   # (first row, end row, agent id) of each agent's run
         for mname, m in self.modules.items():
             if any(p is not None for p in m._parameters.values()):
                 m.register_forward_hook(self._hook(mname), with_kwargs=True)
+            if _linear_like(m):
+                m.forward = self._linear_forward(mname, m)
 
     @classmethod
     def from_dir(cls, path: str | Path, device: str | None = None, batch_size: int = 32, **kw) -> "PopulationPlacement":
@@ -318,9 +357,10 @@ class PopulationPlacement(Placement):
             def __enter__(self):
                 placement._ensure_packs()
                 placement._rows = ids.to(placement.device)
+                placement._runs = runs_of(ids.tolist())
 
             def __exit__(self, *exc):
-                placement._rows = None
+                placement._rows = placement._runs = None
         return _Rows()
 
     def _ensure_packs(self) -> None:
@@ -351,10 +391,44 @@ class PopulationPlacement(Placement):
                     Bt[j, :b.shape[1]] = b.T.to(Bt)
                     At[j, :, :a.shape[0]] = a.T.to(At)
                     slot_of[aid] = j
-                pk["Bt"], pk["At"], pk["slot_of"] = Bt, At, slot_of
+                pk["Bt"], pk["At"], pk["slot_of"], pk["slots"] = Bt, At, slot_of, slot_of.tolist()
             pk["dense"] = {aid: {p: (self.modules[mname]._parameters[p] + d.to(self.device)).detach()
                                  for p, d in ds.items()} for aid, ds in pk["dense"].items()}
         self._packs = packs
+
+    def _linear_forward(self, mname: str, module: nn.Linear):
+        """The linear layer's forward with each row's low-rank change (the rows' dense changes
+        are the hook's). Two ways, the cheaper for the batch:
+        - per run of rows of one agent, the agent's merged weight `W + B A` in the one matmul
+          (costs `in x out x R` per run, nothing per token: a batch of few agents costs the
+          bare forward);
+        - the base matmul, then the gathered low-rank matmul of every row (costs two more
+          passes over the activations: many agents of few tokens each)."""
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            pk = None if self._rows is None or self._in_hook or not self._packs else self._packs.get(mname)
+            if pk is None or "Bt" not in pk:
+                return nn.functional.linear(x, module.weight, module.bias)
+            rows, runs, w, bias = self._rows, self._runs, module.weight, module.bias
+            if x.shape[0] != rows.shape[0]:
+                raise PlacementError(f"module {mname!r}: its input is not one tensor per batch row, so a "
+                                     "per-agent change to it cannot be applied here")
+            tokens = x.numel() // x.shape[-1]
+            slots = [pk["slots"][aid] for _, _, aid in runs]
+            changed = sum(1 for j in slots if j)
+            if not changed:
+                return nn.functional.linear(x, w, bias)
+            if tokens >= MERGE_TOKENS_PER_RANK * pk["At"].shape[-1] * changed and not torch.is_grad_enabled():
+                return merged_linear(x, w, bias, [(a, b, j) for (a, b, _), j in zip(runs, slots)], pk["At"], pk["Bt"])
+            out = nn.functional.linear(x, w, bias)
+            g = pk["slot_of"][rows]
+            h = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), pk["At"][g])    # [b, s, R]
+            flat = out.view(out.shape[0], -1, out.shape[-1])
+            if torch.is_grad_enabled() and out.requires_grad:
+                out = torch.baddbmm(flat, h, pk["Bt"][g]).view(out.shape)
+            else:           # in place: a new [b, s, out] tensor per module cost more than the matmuls
+                flat.baddbmm_(h, pk["Bt"][g])
+            return out
+        return forward
 
     def _hook(self, mname: str):
         def hook(module, args, kwargs, out):
@@ -365,17 +439,6 @@ class PopulationPlacement(Placement):
             if not isinstance(out, torch.Tensor) or out.shape[0] != rows.shape[0]:
                 raise PlacementError(f"module {mname!r} ({type(module).__name__}): its output is not one "
                                      "tensor per batch row, so a per-agent change to it cannot be applied here")
-            if "Bt" in pk:
-                g = pk["slot_of"][rows]
-                if bool((g > 0).any()):
-                    x = args[0]
-                    h = torch.bmm(x.reshape(x.shape[0], -1, x.shape[-1]), pk["At"][g])    # [b, s, R]
-                    out = out if out.is_contiguous() else out.contiguous()
-                    flat = out.view(out.shape[0], -1, out.shape[-1])
-                    if torch.is_grad_enabled() and out.requires_grad:
-                        out = torch.baddbmm(flat, h, pk["Bt"][g]).view(out.shape)
-                    else:           # in place: a new [b, s, out] tensor per module cost more than the matmuls
-                        flat.baddbmm_(h, pk["Bt"][g])
             if pk["dense"]:
                 present = set(rows.tolist())
                 out = out.clone()

@@ -22,6 +22,7 @@ import torch
 
 from agents.delta import Snapshot
 from agents.placement import Ask, LocalPlacement
+from agents import population
 from agents.population import PopulationPlacement
 from agents.pretrain import PretrainConfig, pretrained_dir
 from agents.records import prompts_with_context
@@ -97,6 +98,16 @@ def held_bytes(placement) -> int:
     for pk in (placement._packs or {}).values():
         ts += [pk[k] for k in ("At", "Bt") if k in pk] + [t for d in pk["dense"].values() for t in d.values()]
     return tensor_bytes(ts)
+
+
+def gathered(fn, *args):
+    """`fn(*args)` with the population's merged-weight path off (every batch gathered)."""
+    saved = population.MERGE_TOKENS_PER_RANK
+    population.MERGE_TOKENS_PER_RANK = float("inf")
+    try:
+        return fn(*args)
+    finally:
+        population.MERGE_TOKENS_PER_RANK = saved
 
 
 def filled(placement, snaps):
@@ -214,6 +225,17 @@ def main():
                 p.close()
         pop = local = None
         gc.collect()
+    # one agent asked many queries (its evaluation): merged weights per run vs the gathered path
+    one = []
+    pop = filled(PopulationPlacement.from_dir(path, "cpu", args.batch), rank8_snapshots(bare.model, 1))
+    for q in (128, 512):
+        asks = asks_for(world, 1, q)
+        pop.beliefs_many(asks)
+        t = timed_together({"ceiling (bare forward)": ceiling(plain_model, tok, asks, args.batch),
+                            "population (merged weights)": lambda: pop.beliefs_many(asks),
+                            "population (gathered low-rank)": lambda: gathered(pop.beliefs_many, asks)})
+        one += [{"queries": q, "placement": k, "s per call": v, "x ceiling time": v / t["ceiling (bare forward)"]}
+                for k, v in t.items()]
     # cost against the share of agents that carry a delta
     n, q = 128, 16
     grow = []
@@ -228,7 +250,9 @@ def main():
         ray.shutdown()
     df = pd.DataFrame(rows).set_index(["agents", "queries/agent", "placement"])
     g = pd.DataFrame(grow).set_index("share with a delta")
+    o = pd.DataFrame(one).set_index(["queries", "placement"])
     print(df.to_string(float_format=lambda x: f"{x:.3g}"))
+    print(o.to_string(float_format=lambda x: f"{x:.3g}"))
     print(g.to_string(float_format=lambda x: f"{x:.3g}"))
     body = (md_table(df, ".3g") + "\n\nEvery agent carries its own random rank-8 delta on every MLP matrix (a "
             "LoRA-sized change); each agent is asked its own queries, alone, in one `beliefs_many` call. "
@@ -238,7 +262,10 @@ def main():
             "over the agents (Python, torch and the base model in each actor included). `driver RSS`: this "
             "process, every placement of that size alive. Ray runs on the 2 cores of this machine: its actors share them "
             "with each other, so it cannot beat one process here; it is for spreading a population over devices "
-            "and machines.\n\nHow the cost grows with the share of agents that carry a delta (128 agents, 16 "
+            "and machines.\n\nOne agent (a rank-8 delta on every MLP matrix) asked many queries in one call, "
+            "as its evaluation asks them: the population adds the delta by merged weights per run of one "
+            "agent's rows (`W + B A` in the one matmul) or, forced here, by the gathered low-rank matmul "
+            "it uses for batches of many agents:\n\n" + md_table(o, ".3g") + "\n\nHow the cost grows with the share of agents that carry a delta (128 agents, 16 "
             "queries each):\n\n" + md_table(g, ".3g") + f"\n\nTotal {time.time() - t0:.0f} s.")
     write_section("placements", "Placements: local vs population vs Ray", body)
 

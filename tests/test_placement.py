@@ -70,6 +70,29 @@ def test_local_and_population_give_the_same_beliefs_and_records(placements, smal
     assert_same(_discussion(hl, small_world), _discussion(hp, small_world))
 
 
+def test_both_ways_of_adding_low_rank_changes_give_the_local_beliefs(placements, small_world, monkeypatch):
+    """Merged weights per run of one agent's rows, and the gathered low-rank matmul per row:
+    each way, asked one agent at a time and all agents at once, gives the local records."""
+    import agents.population as population
+    (local, hl), (pop, hp) = placements
+    qs = random.Random(1).sample(small_world.queries(), 40)
+    want = [x for bs in all_beliefs(local, hl, qs) for x in bs]
+    merges = []
+    monkeypatch.setattr(population, "merged_linear",
+                        lambda *a, real=population.merged_linear: merges.append(len(a[3])) or real(*a))
+    for limit in (0, 10 ** 9):                       # every batch merged; none
+        monkeypatch.setattr(population, "MERGE_TOKENS_PER_RANK", limit)
+        together = [x for bs in all_beliefs(pop, hp, qs) for x in bs]
+        one_by_one = [x for h in hp for x in all_beliefs(pop, [h], qs)[0]]
+        assert_same(want, together, 1e-5)
+        assert_same(want, one_by_one, 1e-5)
+        if limit:
+            assert not merges
+        else:
+            assert merges and min(merges) == 1 and max(merges) > 1     # one-agent batches, and mixed ones
+            merges.clear()
+
+
 def test_generation_is_batched_across_agents_and_equals_one_at_a_time(placements, small_world):
     (local, hl), (pop, hp) = placements
     prompts = [small_world.query(p.name, rel).prompt for p in small_world.people[:3] for rel in ("company", "major")]

@@ -9,7 +9,7 @@ from analysis.edit_metrics import edit_baseline, evaluate_edits, locality_probe
 from evolution.editors.requests import EditError
 from evolution.editors.wise import (SideMemoryLinear, load_side_memory, save_side_memory, side_memory_of, ties_merge,
                             uninstall)
-from evolution.editors.wise.editor import prompt_scores
+from evolution.editors.wise.editor import prompt_routes, prompt_scores
 from tests.edit_helpers import answers, known_requests
 
 
@@ -49,6 +49,16 @@ def test_gate_opens_for_edits_not_for_others(small_world, edited):
     # Measured: every edit prompt opens its shard; 0 of 40 unrelated prompts open any.
     assert opened_edits == 1.0
     assert opened_other <= 0.1
+
+
+def test_each_edit_is_retrieved_from_its_own_memory(small_world, edited):
+    """WISE-Retrieve: one memory per edit, the gate picks the one an edit prompt reads at its
+    last token (where the answer is read); unrelated prompts read main memory."""
+    agent, reqs, _, _ = edited
+    mem = side_memory_of(agent.model)
+    assert prompt_routes(agent, mem, [r.prompt for r in reqs]) == [0, 1, 2]
+    other = prompt_routes(agent, mem, [q.prompt for q in locality_probe(small_world, reqs, 40, seed=3)])
+    assert sum(r >= 0 for r in other) <= 4
 
 
 def test_uninstall_gives_back_the_original_model(small_agent, small_world, edited):

@@ -51,7 +51,9 @@ class WISEHyperParams(HyperParams):
     layer: int = 0
     mask_ratio: float = 0.2        # share of a shard's entries its edits may change
     shard_size: int = 1            # edits a shard takes before a new one (with a new mask) opens
-    merge: str = "none"            # "none": shards stay apart and the gate picks; "ties": closed shards merge into one
+    merge: str = "none"            # "none": shards stay apart and the gate picks (WISE-Retrieve); "ties":
+                                   # closed shards merge into one (WISE-Merge; opens for unrelated text
+                                   # from ~30 edits on the default model, bench.wise_gate)
     merge_density: float = 1.0     # TIES trim: share of each shard's entries kept when merging
     lr: float = 0.003              # SGD on the shard's delta (as WISE)
     steps: int = 60
@@ -182,6 +184,20 @@ def prompt_scores(agent, mem: SideMemoryLinear, prompts: list[str], batch_size: 
     finally:
         hook.remove()
     return torch.cat(out, 1)
+
+
+@torch.no_grad()
+def prompt_routes(agent, mem: SideMemoryLinear, prompts: list[str], batch_size: int = 64) -> list[int]:
+    """The memory each prompt's answer is read with: the side memory the gate routes the
+    prompt's last token to (its index), or -1 for main memory."""
+    out = []
+    for b in range(0, len(prompts), batch_size):
+        enc = agent.tokenizer(prompts[b:b + batch_size], return_tensors="pt", padding=True).to(agent.device)
+        agent.model(**enc)
+        last = enc.attention_mask.sum(1) - 1 if agent.tokenizer.padding_side == "right" else \
+            torch.full((len(enc.input_ids),), enc.input_ids.shape[1] - 1, device=agent.device)
+        out += mem.last_routes[torch.arange(len(last), device=agent.device), last].tolist()
+    return out
 
 
 def margin_loss(pos: torch.Tensor, neg: torch.Tensor, hp: WISEHyperParams, ref: float) -> torch.Tensor:
