@@ -155,7 +155,7 @@ def main() -> None:
                 "unanimous wrong answer; correction: among answers wrong alone, the share that take the unanimous "
                 "truth. rate, lo, hi: pooled counts (events of n) with Wilson 95% intervals; seed_min, seed_max: "
                 "the seeds' own rates.\n\n" + table(g.set_index(["upbringing", "guidance", "k"])) + "\n\n" + body)
-    write_section("asch-sweep", "Asch sweep: conformity vs confederates" + (" (--quick)" if args.quick else ""), body)
+    write_section("asch-sweep", "Asch sweep: conformity vs confederates", body)
 
 
 if __name__ == "__main__":

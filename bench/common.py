@@ -26,8 +26,12 @@ def machine() -> str:
 
 
 def write_section(key: str, title: str, body: str, doc: Path = DOC, header: str = HEADER) -> None:
-    """Replace (or append) the section between `<!-- bench:key -->` markers of `doc`."""
-    DOC.parent.mkdir(exist_ok=True)
+    """Replace (or append) the section between `<!-- bench:key -->` markers of `doc`. A
+    `--quick` run (the tests' small model) writes its own section, `key-quick`: a smoke run
+    never replaces the measured figures."""
+    if "--quick" in sys.argv[1:]:
+        key, title = f"{key}-quick", f"{title} (--quick)"
+    doc.parent.mkdir(exist_ok=True)
     text = doc.read_text() if doc.exists() else header
     cmd = " ".join([f"python -m bench.{Path(sys.argv[0]).stem}"] + sys.argv[1:])
     block = (f"<!-- bench:{key} -->\n## {title}\n\n`{cmd}` — {time.strftime('%Y-%m-%d')}, {machine()}\n\n"
@@ -35,7 +39,7 @@ def write_section(key: str, title: str, body: str, doc: Path = DOC, header: str 
     pat = re.compile(rf"<!-- bench:{re.escape(key)} -->.*?<!-- /bench:{re.escape(key)} -->", re.S)
     text = pat.sub(lambda _: block, text) if pat.search(text) else text.rstrip() + "\n\n" + block + "\n"
     doc.write_text(text)
-    print(f"\n[written to {doc.relative_to(ROOT)} § {title}]")
+    print(f"\n[written to {doc.relative_to(ROOT) if doc.is_relative_to(ROOT) else doc} § {title}]")
 
 
 def timed(fn, repeat: int = 2) -> float:

@@ -135,7 +135,7 @@ def main() -> None:
             "the agents' answers. Vote of samples at equal calls: as many answers sampled from the agents' round-0 "
             "beliefs as the debate made model calls on the query (answers + supporting facts).\n\n"
             + md_table(table))
-    write_section("debate-partial", "Debate on partial knowledge" + (" (--quick)" if args.quick else ""), body)
+    write_section("debate-partial", "Debate on partial knowledge", body)
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ def main() -> None:
                         for u in args.upbringings.split(",")) +
             ". Accuracies and unanimity are means over seeds; votes (the agents' plurality) pool every seed's "
             "queries.\n\n" + md_table(table))
-    write_section("society", "Societies and strategies (MachineSoM)" + (" (--quick)" if args.quick else ""), body)
+    write_section("society", "Societies and strategies (MachineSoM)", body)
 
 
 if __name__ == "__main__":
