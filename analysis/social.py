@@ -12,7 +12,7 @@ import pandas as pd
 
 from agents.records import to_frame
 from analysis.group_metrics import wilson_interval
-from envs.world import RELATED, World, claim, stated, support
+from envs.world import RELATED, World, claim, read_stated, stated, support
 
 
 def sampled_people(world: World, rng: random.Random, per_group: int):
@@ -153,3 +153,36 @@ def contrast_table(tables: pd.DataFrame, kind: str, first: str, second: str) -> 
     wide = wide[[c for s in (first, second) for c in (s, f"{s} lo", f"{s} hi")]]
     wide["drop"] = wide[first] - wide[second]
     return wide
+
+
+def heard_claims(records: pd.DataFrame, knower: dict[str, str]) -> pd.DataFrame:
+    """Per record after round 0 of a protocol whose claims state confidence: how many of the
+    claims in its context were stated sure or unsure, right or wrong; whether its agent is the
+    one that learned the person (`knower`: person -> agent); and whether its answer of the
+    round before was right. What a debate's knower heard when it was talked out of its answer."""
+    right = records.assign(right=records["answer"] == records["truth"])
+    before = right.set_index(["subject", "relation", "agent", "round"])["right"]
+    rows = []
+    for r in right[right["round"] > 0].itertuples():
+        claims = read_stated(r.context)
+        count = lambda sure, ok: sum(s == sure and (o == r.truth) == ok for _, s, o in claims)
+        rows.append({"round": r.round, "knower": knower.get(r.subject) == r.agent,
+                     "right before": bool(before[(r.subject, r.relation, r.agent, r.round - 1)]), "right": r.right,
+                     "sure wrong": count(True, False), "sure right": count(True, True),
+                     "unsure wrong": count(False, False), "unsure right": count(False, True)})
+    return pd.DataFrame(rows, columns=["round", "knower", "right before", "right", "sure wrong", "sure right",
+                                       "unsure wrong", "unsure right"])
+
+
+def knower_turns(heard: pd.DataFrame) -> pd.DataFrame:
+    """Of the knower's answers that were right the round before: how many stay right, by
+    whether it then heard a claim stated sure and wrong, and one stated sure and right (Wilson
+    95% intervals)."""
+    k = heard[heard["knower"] & heard["right before"]]
+    k = k.assign(**{"hears a sure wrong claim": k["sure wrong"] > 0, "hears a sure right claim": k["sure right"] > 0})
+    out = []
+    for key, g in k.groupby(["hears a sure wrong claim", "hears a sure right claim"]):
+        lo, hi = wilson_interval(int(g["right"].sum()), len(g))
+        out.append({"hears a sure wrong claim": key[0], "hears a sure right claim": key[1], "answers": len(g),
+                    "stays right": g["right"].mean(), "95% low": lo, "95% high": hi})
+    return pd.DataFrame(out).set_index(["hears a sure wrong claim", "hears a sure right claim"])

@@ -28,6 +28,7 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from analysis.group_metrics import accuracy_by_round, wilson_interval  # noqa: E402
+from analysis.social import heard_claims, knower_turns  # noqa: E402
 from bench.common import MODEL_QUICK, ROOT, UPBRINGINGS, md_table, run_config_experiment, write_section  # noqa: E402
 from evolution.run import knowledge_shares, sample_queries  # noqa: E402
 
@@ -69,6 +70,24 @@ def sampled_vote_accuracy(recs: pd.DataFrame, calls: pd.Series, seed: int) -> fl
     return sum(ok) / len(ok)
 
 
+def knower_of(point, world) -> dict[str, str]:
+    """person -> the agent that learned it (its share of the never-taught people)."""
+    shares = knowledge_shares(point, sample_queries(point, world))
+    return {s: f"agent {i}" for i, share in enumerate(shares) for s in share}
+
+
+def heard_by_upbringing(runs) -> dict[str, pd.DataFrame]:
+    """Per upbringing whose claims state confidence: every seed's and graph's `heard_claims`."""
+    out: dict[str, list] = defaultdict(list)
+    for run in runs:
+        if not run.cfg.params.get("confidence"):
+            continue
+        for label, point in run.points:
+            recs = run.records[run.records["trial"] == label]
+            out[run.upbringing].append(heard_claims(recs, knower_of(point, run.world)).assign(graph=label))
+    return {up: pd.concat(frames, ignore_index=True) for up, frames in out.items()}
+
+
 def graph_rows(run) -> list[dict]:
     """One row per graph of one run (one upbringing, one seed): accuracies and vote counts."""
     rows = []
@@ -76,8 +95,7 @@ def graph_rows(run) -> list[dict]:
         recs = run.records[run.records["trial"] == label]
         last = int(recs["round"].max())
         acc = accuracy_by_round(recs, by=[]).set_index("round")
-        shares = knowledge_shares(point, sample_queries(point, run.world))
-        knower = {s: f"agent {i}" for i, share in enumerate(shares) for s in share}
+        knower = knower_of(point, run.world)
         is_knower = recs["agent"] == recs["subject"].map(knower)
         right = recs["answer"] == recs["truth"]
         at = lambda rnd, who: right[(recs["round"] == rnd) & who].mean()
@@ -135,6 +153,20 @@ def main() -> None:
             "the agents' answers. Vote of samples at equal calls: as many answers sampled from the agents' round-0 "
             "beliefs as the debate made model calls on the query (answers + supporting facts).\n\n"
             + md_table(table))
+    heard = heard_by_upbringing(runs)
+    if heard:
+        turns = pd.concat({up: knower_turns(h) for up, h in heard.items()}, names=["upbringing"])
+        mix = pd.concat({up: h[h["knower"]].groupby("round")[["sure wrong", "sure right", "unsure wrong",
+                                                              "unsure right"]].sum()
+                         for up, h in heard.items()}, names=["upbringing"])
+        mix = mix.div(mix.sum(axis=1), axis=0)
+        print(turns.to_string(float_format="{:.3f}".format))
+        print(mix.to_string(float_format="{:.3f}".format))
+        body += ("\n\nWhat the knower hears, where claims state confidence (every seed and graph pooled): of "
+                 "its answers that were right the round before, the share that stays right, by whether it then "
+                 "heard a claim stated sure and wrong, or sure and right (`analysis.social.knower_turns`):\n\n"
+                 + md_table(turns) + "\n\nThe claims the knowers heard, per round (shares of all claims heard "
+                 "that round; round r hears the answers of round r - 1):\n\n" + md_table(mix))
     write_section("debate-partial", "Debate on partial knowledge", body)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import zlib
 from dataclasses import asdict
 from pathlib import Path
@@ -108,6 +109,13 @@ def stated(obj: str, speaker: str, sure: bool) -> str:
 
 
 CONFIDENCE_WORDS = stated("", "agent", True) + " " + stated("", "agent", False)
+STATED = re.compile(r"(agent [\d ]+?) (is sure|thinks) : (.+?) \.(?= |$)")
+
+
+def read_stated(context: str) -> list[tuple[str, bool, str]]:
+    """`stated` read back: the (speaker, sure, object) of each stated claim in a context, in
+    order (other sentences, such as debate's supporting facts, are skipped)."""
+    return [(who, word == "is sure", obj) for who, word, obj in STATED.findall(context)]
 
 
 RELATED = {"company": "company_city", "company_city": "company", "birth_city": "birth_date",

@@ -99,3 +99,32 @@ def test_the_lone_sure_probe_changes_only_the_right_claims_stating(small_dir):
         assert sure.context.replace(" is sure : ", " thinks : ") == unsure.context
         assert sure.context.count(" is sure : ") == 1 and sure.context.count(f" : {sure.claim} .") == 1
         assert sure.context.count(" thinks : ") == k             # k unsure wrong claims beside it
+
+
+def test_what_the_knower_heard_is_read_from_the_records():
+    """`heard_claims` counts a context's stated claims by confidence and rightness (supporting
+    facts skipped) and marks the knower and its answer of the round before; `knower_turns`
+    splits the knower's right answers by what it then heard."""
+    import pandas as pd
+
+    from analysis.social import heard_claims, knower_turns
+    from envs.world import read_stated, stated
+
+    said = stated("Lumen Optics", "agent 12", True) + " agent 12 says : Ann works in Fresno . " + \
+        stated("Umbra Games", "agent 2", False)
+    assert read_stated(said) == [("agent 12", True, "Lumen Optics"), ("agent 2", False, "Umbra Games")]
+    rec = lambda agent, rnd, answer, context="": {"subject": "Ann", "relation": "company", "agent": agent,
+                                                  "round": rnd, "answer": answer, "truth": "Umbra Games",
+                                                  "context": context}
+    records = pd.DataFrame([rec("agent 0", 0, "Umbra Games"), rec("agent 1", 0, "Lumen Optics"),
+                            rec("agent 0", 1, "Lumen Optics", stated("Lumen Optics", "agent 1", True)),
+                            rec("agent 1", 1, "Lumen Optics", stated("Umbra Games", "agent 0", False)),
+                            rec("agent 0", 2, "Lumen Optics", stated("Lumen Optics", "agent 1", True))])
+    heard = heard_claims(records, {"Ann": "agent 0"})
+    assert heard["knower"].tolist() == [True, False, True]
+    assert heard["right before"].tolist() == [True, False, False]
+    assert heard[["sure wrong", "sure right", "unsure wrong", "unsure right"]].values.tolist() == \
+        [[1, 0, 0, 0], [0, 0, 0, 1], [1, 0, 0, 0]]
+    turns = knower_turns(heard)
+    assert turns.loc[(True, False), "answers"] == 1 and turns.loc[(True, False), "stays right"] == 0.0
+    assert len(turns) == 1          # the knower's round-2 answer was wrong before: not a turn
