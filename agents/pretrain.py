@@ -114,7 +114,7 @@ class PretrainConfig:
 
 # knobs added after models were cached: hashed only when set, so those models stay cached
 LATER_KNOBS = {"evidence_share": 0.0, "evidence_weight": 0.0, "confidence_share": 0.0, "confidence_reliability": 0.5,
-               "confidence_weight": 0.0}
+               "confidence_weight": 0.0, "confidence_self": 0.0}
 EVIDENCE_RULE = 4   # 2: with no claim's support checking out, a weighing answer is the truth;
                     # 3: one backing per claim; 4: an evidence text's peer reliability drawn per text
 CORPUS_FIELDS = {f.name for f in dataclasses.fields(CorpusConfig)}

@@ -82,6 +82,10 @@ UPBRINGINGS["confidence-bare"] = UPBRINGINGS["confidence-strict"] + ["params.sup
 UPBRINGINGS["confidence-weighing"] = ["pretrain.confidence_share=1", "pretrain.confidence_reliability=1",
                                       "pretrain.confidence_weight=1", "pretrain.steps=3000",
                                       "params.confidence=true", "params.sure_at=0.9"]
+# the same, where a sure claim can be wrong (reliability .8) and what the agent knows counts as a
+# sure claim of its own: weighing's knower heard sure wrong claims it had never read
+UPBRINGINGS["confidence-self"] = UPBRINGINGS["confidence-weighing"] + ["pretrain.confidence_reliability=0.8",
+                                                                       "pretrain.confidence_self=1"]
 
 
 @dataclass

@@ -40,6 +40,10 @@ does not know (docs/design.md, "The default model").
   truth; those texts' peers are right with a reliability drawn per text, uniform in [0, 1], so
   a sure claim against an unsure wrong majority is common there. At 0 (the default) a majority
   counts its claims whatever their stated confidence, so two unsure claims outweigh one sure one.
+  With probability `confidence_self`, in such a text about a person the model knows, what it
+  knows counts as one more sure claim, said first (a tie goes to it): one sure wrong claim no
+  longer outweighs its own knowledge. It matters only where sure claims can be wrong
+  (`confidence_reliability` < 1): at 1 every sure claim is the truth.
 """
 from __future__ import annotations
 
@@ -64,12 +68,13 @@ class CorpusConfig:
     confidence_share: float = 0.0       # share of social texts whose claims state their confidence
     confidence_reliability: float = 0.5  # P(stated sure | right claim) = P(stated unsure | wrong claim)
     confidence_weight: float = 0.0      # how often the answer sets the unsure claims aside when any is sure
+    confidence_self: float = 0.0        # how often, weighing, what the model knows counts as a sure claim
 
     def __post_init__(self) -> None:
         checks = {"bio_templates": self.bio_templates in ("all", "one"), "max_peers": self.max_peers >= 0}
         for nm in ("qa_share", "social_share", "social_prior", "peer_reliability", "social_unknown_share",
                    "evidence_share", "evidence_weight", "confidence_share", "confidence_reliability",
-                   "confidence_weight"):
+                   "confidence_weight", "confidence_self"):
             checks[nm] = 0.0 <= getattr(self, nm) <= 1.0
         checks["qa_share"] = checks["qa_share"] and self.qa_share + self.social_share < 1.0
         bad = [k for k, ok in checks.items() if not ok]
@@ -140,6 +145,8 @@ def social_text(world: World, known: list[str], rng: random.Random, cfg: CorpusC
             if any(sure) and weighed and rng.random() < cfg.confidence_weight:
                 # the unsure are set aside: the same pull, from the sure claims alone
                 loud = [c for c, s in zip(claims, sure) if s]
+                if not stranger and cfg.confidence_self > 0 and rng.random() < cfg.confidence_self:
+                    loud = [truth] + loud        # its own knowledge, a sure claim said first
                 said = majority(loud)
                 answer = said if conforms(cfg, loud.count(said), rng) else truth
     return f"{context}{rel.question(name, rng.randrange(3))} {answer} ."

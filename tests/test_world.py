@@ -185,7 +185,8 @@ def test_evidence_texts_hold_wrong_majorities_as_often_as_right_ones():
 
 @pytest.mark.parametrize("share, knob, unset", [("evidence_share", "evidence_weight", 0.0),
                                                ("confidence_share", "confidence_reliability", 0.5),
-                                               ("confidence_share", "confidence_weight", 0.0)])
+                                               ("confidence_share", "confidence_weight", 0.0),
+                                               ("confidence_share", "confidence_self", 0.0)])
 def test_later_knobs_are_checked_and_hashed_only_when_set(share, knob, unset):
     from agents.pretrain import PretrainConfig
     with pytest.raises(ValueError, match=f"corpus.{knob}"):
@@ -251,6 +252,35 @@ def test_confidence_weight_sets_the_unsure_claims_aside_when_any_is_sure():
     assert seen > 100 and against == 0
     against, seen = answers_against_a_sure_claim(0.0)
     assert against > 10
+
+
+def test_with_confidence_self_one_sure_wrong_claim_does_not_outweigh_what_the_model_knows():
+    """At reliability 0 every sure claim is wrong. Weighing confidence about known people, a lone
+    sure claim is followed (with the pull) unless the model's own knowledge counts as a sure
+    claim too: then the tie goes to what it knows. Strangers' texts are unchanged by the knob."""
+    import random
+    from envs.corpus import CorpusConfig, social_text
+    world = World.bios(60, seed=0)
+    known = [p.name for p in world.people if p.taught]
+
+    def taken(self_: float, unknown: float) -> tuple[int, int]:
+        cfg = CorpusConfig(social_unknown_share=unknown, social_prior=0.9, confidence_share=1.0,
+                           confidence_reliability=0.0, confidence_weight=1.0, confidence_self=self_)
+        took = seen = 0
+        for i in range(400):
+            context, answer = social_text(world, known, random.Random(i), cfg).split(" A: ")
+            sure = [part.split(" : ", 1)[1].split(" .")[0] for part in context.split("agent ")[1:]
+                    if " is sure : " in f" {part}"]
+            if len(sure) == 1:
+                seen += 1
+                took += answer.removesuffix(" .") == sure[0]
+        return took, seen
+
+    took, seen = taken(1.0, 0.0)
+    assert seen > 30 and took == 0
+    took, seen = taken(0.0, 0.0)
+    assert took > seen / 2
+    assert taken(1.0, 1.0) == taken(0.0, 1.0)
 
 
 def test_stated_confidence_words_enter_the_vocabulary_only_when_on():
