@@ -159,9 +159,13 @@ def heard_claims(records: pd.DataFrame, knower: dict[str, str]) -> pd.DataFrame:
     """Per record after round 0 of a protocol whose claims state confidence: how many of the
     claims in its context were stated sure or unsure, right or wrong; whether its agent is the
     one that learned the person (`knower`: person -> agent); and whether its answer of the
-    round before was right. What a debate's knower heard when it was talked out of its answer."""
+    round before was right. What a debate's knower heard when it was talked out of its answer.
+    `records`: one run's and trial's (an agent answers a query once per round)."""
     right = records.assign(right=records["answer"] == records["truth"])
     before = right.set_index(["subject", "relation", "agent", "round"])["right"]
+    if before.index.has_duplicates:
+        raise ValueError("heard_claims: an agent answers a query more than once in a round here; pass the "
+                         "records of one run and one trial (e.g. records[records['trial'] == label])")
     rows = []
     for r in right[right["round"] > 0].itertuples():
         claims = read_stated(r.context)

@@ -128,3 +128,5 @@ def test_what_the_knower_heard_is_read_from_the_records():
     turns = knower_turns(heard)
     assert turns.loc[(True, False), "answers"] == 1 and turns.loc[(True, False), "stays right"] == 0.0
     assert len(turns) == 1          # the knower's round-2 answer was wrong before: not a turn
+    with pytest.raises(ValueError, match="one run and one trial"):
+        heard_claims(pd.concat([records, records]), {"Ann": "agent 0"})
