@@ -82,6 +82,9 @@ UPBRINGINGS["confidence-bare"] = UPBRINGINGS["confidence-strict"] + ["params.sup
 UPBRINGINGS["confidence-weighing"] = ["pretrain.confidence_share=1", "pretrain.confidence_reliability=1",
                                       "pretrain.confidence_weight=1", "pretrain.steps=3000",
                                       "params.confidence=true", "params.sure_at=0.9"]
+# weighing, saying "sure" only from .97: where its guessers' sure wrong answers fall to 2.6% and
+# its knowers' sure right ones to 18.8% (from 10.7% / 48.4% at .9; bench.sure_calibration)
+UPBRINGINGS["confidence-weighing-97"] = UPBRINGINGS["confidence-weighing"] + ["params.sure_at=0.97"]
 # the same, where a sure claim can be wrong (reliability .8) and what the agent knows counts as a
 # sure claim of its own: weighing's knower heard sure wrong claims it had never read
 UPBRINGINGS["confidence-self"] = UPBRINGINGS["confidence-weighing"] + ["pretrain.confidence_reliability=0.8",
