@@ -67,6 +67,13 @@ def timed_together(fns: dict, repeat: int = 4) -> dict:
 MODEL_QUICK = "The tests' small model (80 people, 400 steps; --quick)"
 
 
+def overriding(base: list[str], *sets: str) -> list[str]:
+    """`base`'s KEY=VALUE overrides with `sets` put in, each replacing `base`'s entry of its key
+    (the run is the same as with both; an upbringing's description then names each key once)."""
+    keys = {s.split("=", 1)[0] for s in sets}
+    return [s for s in base if s.split("=", 1)[0] not in keys] + list(sets)
+
+
 # How the agents were raised, as pretraining overrides of a run config (envs/corpus.py's knobs)
 UPBRINGINGS = {"default": [], "evidence": ["pretrain.evidence_share=1", "pretrain.evidence_weight=1"],
                # raised on reliable stated confidence, and talking with it (claims say sure / thinks)
@@ -84,11 +91,11 @@ UPBRINGINGS["confidence-weighing"] = ["pretrain.confidence_share=1", "pretrain.c
                                       "params.confidence=true", "params.sure_at=0.9"]
 # weighing, saying "sure" only from .97: where its guessers' sure wrong answers fall to 2.6% and
 # its knowers' sure right ones to 18.8% (from 10.7% / 48.4% at .9; bench.sure_calibration)
-UPBRINGINGS["confidence-weighing-97"] = UPBRINGINGS["confidence-weighing"] + ["params.sure_at=0.97"]
+UPBRINGINGS["confidence-weighing-97"] = overriding(UPBRINGINGS["confidence-weighing"], "params.sure_at=0.97")
 # the same, where a sure claim can be wrong (reliability .8) and what the agent knows counts as a
 # sure claim of its own: weighing's knower heard sure wrong claims it had never read
-UPBRINGINGS["confidence-self"] = UPBRINGINGS["confidence-weighing"] + ["pretrain.confidence_reliability=0.8",
-                                                                       "pretrain.confidence_self=1"]
+UPBRINGINGS["confidence-self"] = overriding(UPBRINGINGS["confidence-weighing"], "pretrain.confidence_reliability=0.8",
+                                            "pretrain.confidence_self=1")
 
 
 @dataclass
