@@ -168,6 +168,15 @@ def prompt_lengths(tokenizer, prompts: list[str]) -> list[int]:
     return [len(ids) for ids in tokenizer(prompts, add_special_tokens=True).input_ids]
 
 
+def run_prompts(agent, prompts: list[str], batch_size: int = 64):
+    """Run the model on `prompts`, `batch_size` at a time (right-padded as the tokenizer pads),
+    yielding each batch's encoding after its forward: what the side memory saw is read then."""
+    for b in range(0, len(prompts), batch_size):
+        enc = agent.tokenizer(prompts[b:b + batch_size], return_tensors="pt", padding=True).to(agent.device)
+        agent.model(**enc)
+        yield enc
+
+
 @torch.no_grad()
 def prompt_scores(agent, mem: SideMemoryLinear, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
     """Each shard's gate score of each prompt (max over its tokens): (K, len(prompts))."""
@@ -175,9 +184,7 @@ def prompt_scores(agent, mem: SideMemoryLinear, prompts: list[str], batch_size: 
     hook = mem.register_forward_hook(lambda m, inp, out: captured.__setitem__("x", inp[0]))
     out = []
     try:
-        for b in range(0, len(prompts), batch_size):
-            enc = agent.tokenizer(prompts[b:b + batch_size], return_tensors="pt", padding=True).to(agent.device)
-            agent.model(**enc)
+        for enc in run_prompts(agent, prompts, batch_size):
             s = mem.scores(captured["x"])                               # (K, B, T)
             s = s.masked_fill(~enc.attention_mask.bool()[None], 0.0)[..., 1:]   # <s> is never routed
             out.append(s.max(-1).values)
@@ -191,9 +198,7 @@ def prompt_routes(agent, mem: SideMemoryLinear, prompts: list[str], batch_size: 
     """The memory each prompt's answer is read with: the side memory the gate routes the
     prompt's last token to (its index), or -1 for main memory."""
     out = []
-    for b in range(0, len(prompts), batch_size):
-        enc = agent.tokenizer(prompts[b:b + batch_size], return_tensors="pt", padding=True).to(agent.device)
-        agent.model(**enc)
+    for enc in run_prompts(agent, prompts, batch_size):
         last = enc.attention_mask.sum(1) - 1 if agent.tokenizer.padding_side == "right" else \
             torch.full((len(enc.input_ids),), enc.input_ids.shape[1] - 1, device=agent.device)
         out += mem.last_routes[torch.arange(len(last), device=agent.device), last].tolist()
