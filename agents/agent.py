@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from agents.checkpoint import load_model_dir
+from agents.delta import take_update
 from agents.records import Belief, beliefs_from_scores, prompts_with_context
 from agents.scoring import candidate_logprobs, check_readable, text_nll
 from agents.state import load_state, put_extensions, save_state, take_extensions
@@ -36,6 +37,9 @@ class Agent:
         # Method-owned state beside the weights (ROME/MEMIT's edit memory...), saved and
         # loaded with the agent (agents/state.py); a spawned agent starts with none.
         self.state: dict = {}
+        # The change the last edit/learn made, as the method returned it ({param: dense | (B, A)},
+        # agents/delta.py), for the placement to keep; None when the method returned none.
+        self.last_update: dict | None = None
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
@@ -82,12 +86,18 @@ class Agent:
     def edit(self, requests, method: str, **hparams):
         """Apply knowledge edits with a registered method (see evolution/editors)."""
         from agents.methods import editor
-        return editor(method)(self, requests, **hparams)
+        self.last_update = None
+        report = editor(method)(self, requests, **hparams)
+        self.last_update = take_update(report)
+        return report
 
     def learn(self, data, method: str = "finetune", **hparams):
         """Continual learning from texts or facts with a registered method."""
         from agents.methods import learner
-        return learner(method)(self, data, **hparams)
+        self.last_update = None
+        report = learner(method)(self, data, **hparams)
+        self.last_update = take_update(report)
+        return report
 
     def delta(self, atol: float = 0.0) -> dict[str, torch.Tensor]:
         """This agent's change to the base weights, per parameter that changed."""

@@ -8,6 +8,12 @@ other change stays dense. This is the one on-disk form of an agent on every plac
 `delta.safetensors` (`<param>` dense, or `<param>.B` / `<param>.A`), `agent.json` (name,
 persona, base fingerprint) and its method state (agents/state.py), written to a temporary
 dir and renamed into place whole.
+
+A method that knows the factors of what it changed returns them (ROME's design: the editor
+computes the update, the placement keeps it): `report.update` or `report["update"]`, the same
+{param: dense | (B, A)} form, every state-dict name whose tensor changed. The placement then
+adds it to the agent's delta (`compose`), checks it against the weights the method left
+(`mismatch`) and needs no SVD; a method that returns none is factored by `factor` as before.
 """
 from __future__ import annotations
 
@@ -63,8 +69,92 @@ def factor(new: dict[str, torch.Tensor], base: dict[str, torch.Tensor], max_rank
     return out
 
 
+def as_dense(change: "torch.Tensor | LowRank") -> torch.Tensor:
+    return change[0] @ change[1] if isinstance(change, tuple) else change
+
+
 def dense(delta: dict[str, "torch.Tensor | LowRank"]) -> dict[str, torch.Tensor]:
-    return {k: (v[0] @ v[1] if isinstance(v, tuple) else v) for k, v in delta.items()}
+    return {k: as_dense(v) for k, v in delta.items()}
+
+
+# -- updates returned by the methods ------------------------------------------------------------
+def plus(a: "torch.Tensor | LowRank | None", b: "torch.Tensor | LowRank") -> "torch.Tensor | LowRank":
+    """a + b, two changes of one parameter: their factors side by side while both are factored
+    and the factors stay smaller than the matrix (k sequential ROME edits: rank k), else dense."""
+    if a is None:
+        return b
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        (m, r1), (r2, n) = a[0].shape, b[1].shape
+        if (r1 + r2) * (m + n) < m * n:
+            return (torch.cat([a[0], b[0].to(a[0])], 1).contiguous(),
+                    torch.cat([a[1], b[1].to(a[1])], 0).contiguous())
+    x = as_dense(a)
+    return x + as_dense(b).to(x)
+
+
+def compose(delta: dict, update: dict) -> dict:
+    """The delta after `update` (a method's returned change) is added to it."""
+    out = dict(delta)
+    for k, v in update.items():
+        out[k] = plus(out.get(k), v)
+    return out
+
+
+def fit(delta: dict, base: dict[str, torch.Tensor], max_rank: int, linear: set[str] | None = None) -> dict:
+    """The delta in the form a placement stores: a factored change above `max_rank`, or of a
+    parameter that may not be stored factored (not in `linear`), is re-factored to its
+    numerical rank by SVD when that fits, else dense; dense changes stay dense (the method
+    said so) and no SVD is run for them."""
+    out = {}
+    for k, v in delta.items():
+        if isinstance(v, tuple) and v[0].shape[1] <= max_rank and (linear is None or k in linear):
+            out[k] = v
+            continue
+        d = as_dense(v).detach().float().cpu()
+        atol = 1e-6 * float(base[k].detach().abs().max().clamp_min(1e-12))
+        lr = low_rank(d, atol, max_rank) if isinstance(v, tuple) and (linear is None or k in linear) else None
+        out[k] = lr if lr is not None else d
+    return out
+
+
+def mismatch(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor], delta: dict,
+             aliases: dict[str, list[str]] | None = None, rel: float = 1e-5) -> str | None:
+    """None when every weight in `state` is base + delta to float rounding (`rel` of the
+    larger of its largest base and new entry); else which parameter is off and by how much.
+    `aliases`: the names each delta key also goes by (tied weights)."""
+    want = {kk: v for k, v in delta.items() for kk in (aliases or {}).get(k, [k])}
+    for k, v in state.items():
+        if k not in base:
+            return f"{k} is not a weight of the base model"
+        b = base[k]
+        if k not in want:
+            if torch.equal(v, b.to(v.device)):
+                continue
+            off = float((v.detach().float() - b.to(v.device).float()).abs().max())
+        else:
+            d = as_dense(want[k]).to(v.device, torch.float32)
+            off = float((v.detach().float() - b.to(v.device).float() - d).abs().max())
+        tol = rel * max(float(b.detach().abs().max()), float(v.detach().abs().max()), 1e-12)
+        if not off <= tol:
+            return f"{k} is off by {off:.3g} (tolerance {tol:.3g})" + ("" if k in want else ", and the update does not name it")
+    return None
+
+
+def changed_weights(model, before: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The dense change of every weight since `before` (a copy of the state dict): the returned
+    update of a method that trains weights in place (FT-L, the erasers, full fine-tuning)."""
+    return {k: (v.detach() - before[k]).clone() for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+
+
+def take_update(report) -> dict | None:
+    """The update a method returned with its report (`report.update` or `report["update"]`),
+    removed from the report so that it stays light; None when the method returned none."""
+    if isinstance(report, dict):
+        return report.pop("update", None)
+    upd = getattr(report, "update", None)
+    if upd is not None:
+        report.update = None
+    return upd
 
 
 def add_delta(model, delta: dict[str, "torch.Tensor | LowRank"]) -> None:

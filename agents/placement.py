@@ -25,7 +25,8 @@ from pathlib import Path
 import torch
 
 from agents.agent import Agent
-from agents.delta import Snapshot, add_delta, dense, factor, fingerprint, load_snapshot, save_snapshot
+from agents.delta import (Snapshot, add_delta, compose, dense, factor, fingerprint, fit, load_snapshot, mismatch,
+                          save_snapshot)
 from agents.records import Belief
 from agents.state import put_extensions, take_extensions
 from envs.facts import Query
@@ -193,6 +194,9 @@ class LocalPlacement(Placement):
         self.root, self.max_rank = root, max_rank
         self.agents: dict[str, Agent] = {}
         self._versions: dict[str, int] = {}
+        # per agent: its delta as the methods returned their updates (factored), None once a
+        # change came without one or dense (a dense change is kept by the model itself)
+        self._known: dict[str, dict | None] = {}
         self._fp = None
 
     @classmethod
@@ -231,24 +235,40 @@ class LocalPlacement(Placement):
         if parent is not None:
             a.state = copy.deepcopy(src.state)
         self.agents[name], self._versions[name] = a, 0
+        self._known[name] = {} if parent is None else self._known.get(parent)
         return Handle(self, name)
 
     def remove(self, name: str) -> None:
         self._agent(name)
         del self.agents[name], self._versions[name]
+        self._known.pop(name, None)
 
     def edit(self, name: str, requests, method: str, **hparams):
         self._versions[name] = self.version(name) + 1
-        return self._agent(name).edit(requests, method, **hparams)
+        a = self._agent(name)
+        report = a.edit(requests, method, **hparams)      # a method that fails leaves the weights as they were
+        self._note(name, a)
+        return report
 
     def learn(self, name: str, data, method: str = "finetune", **hparams):
         self._versions[name] = self.version(name) + 1
-        return self._agent(name).learn(data, method, **hparams)
+        a = self._agent(name)
+        report = a.learn(data, method, **hparams)
+        self._note(name, a)
+        return report
+
+    def _note(self, name: str, a: Agent) -> None:
+        known, upd = self._known.get(name), a.last_update
+        known = compose(known, upd) if known is not None and upd is not None else None
+        self._known[name] = known if known is not None and all(isinstance(v, tuple) for v in known.values()) else None
 
     def snapshot(self, name: str) -> Snapshot:
         a = self._agent(name)
-        return Snapshot(name, a.persona, factor(a.model.state_dict(), self.root.base, self.max_rank),
-                        {**a.state, **extensions_of(a.model, name, self.root.model)})
+        state, known = a.model.state_dict(), self._known.get(name)
+        delta = fit(known, self.root.base, self.max_rank) \
+            if known is not None and mismatch(state, self.root.base, known) is None \
+            else factor(state, self.root.base, self.max_rank)
+        return Snapshot(name, a.persona, delta, {**a.state, **extensions_of(a.model, name, self.root.model)})
 
     def restore(self, snap: Snapshot) -> Handle:
         for k in snap.delta:
@@ -260,6 +280,7 @@ class LocalPlacement(Placement):
         a.state = put_extensions(a.model, copy.deepcopy(snap.state))
         self.agents[snap.name] = a
         self._versions[snap.name] = self._versions.get(snap.name, -1) + 1
+        self._known[snap.name] = dict(snap.delta) if all(isinstance(v, tuple) for v in snap.delta.values()) else None
         return Handle(self, snap.name)
 
     def base_fingerprint(self) -> str:

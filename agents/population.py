@@ -13,7 +13,9 @@ Rows of agents with no delta, and identical (prompt, candidates) asks of agents 
 state (every agent alone at round 0 before any changed), are scored once.
 
 Edits and learning run on a scratch `Agent` materialized as base + the agent's delta and
-state; the placement factors what the method left and keeps it. A method that changes the
+state; the placement keeps the update the method returned (added to the agent's delta once it
+is checked against the weights the method left), or factors the change by SVD when the method
+returned none (agents/delta.py). A method that changes the
 model's modules (WISE's side memory) leaves an agent that is not base + delta: it keeps its
 own model ("solo") and its rows are scored by that model.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +33,7 @@ from torch.func import functional_call
 
 from agents.agent import Agent, pick_device
 from agents.checkpoint import load_model_dir
-from agents.delta import Snapshot, add_delta, factor, fingerprint
+from agents.delta import Snapshot, add_delta, compose, factor, fingerprint, fit, mismatch
 from agents.placement import (Ask, Handle, Placement, PlacementError, _check_new, extensions_of, lookup,
                               structure)
 from agents.state import carries_extensions, put_extensions
@@ -235,8 +238,21 @@ class PopulationPlacement(Placement):
             s.solo, s.delta, self._scratch = a, {}, None
             return
         self._scratch = a                      # learners may replace the model object
-        s.delta = self._canonical(factor(a.model.state_dict(), self.base, self.max_rank, self._linear_params))
+        s.delta = self._kept_delta(name, s, a)
         s.state = a.state
+
+    def _kept_delta(self, name: str, s: _Slot, a: Agent) -> dict:
+        """The agent's delta after the method: its returned update added to the old delta when
+        that reproduces the weights it left (no SVD), else the change factored by SVD."""
+        if a.last_update is not None:
+            new = self._canonical(compose(s.delta, a.last_update))
+            off = mismatch(a.model.state_dict(), self.base, new, self._tied)
+            if off is None:
+                return fit(new, self.base, self.max_rank, self._linear_params)
+            warnings.warn(f"agent {name!r}: the update the method returned does not match what it wrote to the "
+                          f"weights ({off}); the placement factored the change itself instead. Return the change "
+                          "the method made, or none")
+        return self._canonical(factor(a.model.state_dict(), self.base, self.max_rank, self._linear_params))
 
     def edit(self, name: str, requests, method: str, **hparams):
         a = self._materialize(name)

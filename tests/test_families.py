@@ -25,6 +25,7 @@ def make_family(family: str):
 def _check_family(family: str, small_world, tmp_path):
     from agents.adapters import export_adapter
     from agents.agent import Agent
+    from agents.delta import mismatch
     from agents.placement import Ask
     from agents.placement_kinds import make_placement
     from agents.pretrain import PretrainConfig, save_model_dir, train
@@ -44,6 +45,8 @@ def _check_family(family: str, small_world, tmp_path):
     for method in ("rome", "memit", "ft_l", "wise", "memoir"):
         a = agent.spawn(method)
         a.edit(reqs, method=method, world=world)
+        if method in ("rome", "memit", "ft_l"):      # the update they return is the change they made
+            assert mismatch(a.model.state_dict(), a.base, a.last_update) is None
         landed[method] = sum(a.beliefs([r.query(world)])[0].answer == r.target for r in reqs)
         if method == "wise":
             # the side memory (beside GPT-2's transposed Conv1D too) comes back with a plain load,
@@ -61,7 +64,7 @@ def _check_family(family: str, small_world, tmp_path):
     for method in ("finetune", "lora"):
         a = agent.spawn(method)
         a.learn(world.facts()[:5], method, world=world, epochs=2)
-        assert a.delta()
+        assert a.delta() and mismatch(a.model.state_dict(), a.base, a.last_update) is None
     # the population placement scores an edited agent as the local agent does
     local = agent.spawn("edited")
     local.edit(reqs[:2], method="rome", world=world)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from agents.delta import as_dense
 from evolution.editors.memit.memit_main import layer_update, null_space_projector, null_space_update
 from evolution.editors.requests import EditError
 from tests.edit_helpers import answers, known_requests
@@ -24,12 +25,12 @@ def test_layer_update_solves_the_regularized_least_squares():
     a = torch.randn(12, 12, generator=g)
     cov = a @ a.T / 12
     for lam in (0.1, 10.0):
-        upd = layer_update(keys, resid, cov, lam, ridge=0.0).double()
+        upd = as_dense(layer_update(keys, resid, cov, lam, ridge=0.0)).double()
         # stationarity of |dW K^T - R^T|^2 + lam tr(dW C dW^T): dW (K^T K + lam C) = R^T K
         lhs = upd @ (keys.double().T @ keys.double() + lam * cov.double())
         assert torch.allclose(lhs, resid.double().T @ keys.double(), atol=1e-8)
-    big = layer_update(keys, resid, cov, 1e6, ridge=0.0)
-    assert big.norm() < 1e-3 * layer_update(keys, resid, cov, 0.1, ridge=0.0).norm()   # lambda holds the keys
+    big = as_dense(layer_update(keys, resid, cov, 1e6, ridge=0.0))
+    assert big.norm() < 1e-3 * as_dense(layer_update(keys, resid, cov, 0.1, ridge=0.0)).norm()   # lambda holds the keys
 
 
 def test_a_batch_lands_in_one_call_and_spares_others(small_agent, small_world):
@@ -74,7 +75,7 @@ def test_bad_input_and_nan_leave_the_weights(small_agent, small_world, monkeypat
         r = reqs[0]
         agent.edit([type(r)(r.subject, r.relation, small_world.truth(r.subject, r.relation))], method="memit",
                    world=small_world)
-    monkeypatch.setattr(mm, "layer_update", lambda *a, **k: torch.full((128, 256), float("nan"), dtype=torch.float64))
+    monkeypatch.setattr(mm, "layer_update", lambda *a, **k: (torch.full((128, 1), float("nan")), torch.ones(1, 256)))
     with pytest.raises(EditError, match="NaN|finite"):
         agent.edit(reqs, method="memit", world=small_world, v_steps=3)
     assert same_weights(agent, before)
@@ -89,7 +90,7 @@ def test_the_null_space_update_leaves_corpus_keys_and_moves_the_edit():
     assert rank == 4
     key = (basis[:, :8] @ torch.randn(8, generator=g, dtype=torch.float64) + basis[:, 8:] @ torch.ones(4, dtype=torch.float64))
     resid = torch.randn(1, 6, generator=g, dtype=torch.float64)
-    upd = null_space_update(key[None].float(), resid.float(), proj, None, 1e-8).double()
+    upd = as_dense(null_space_update(key[None].float(), resid.float(), proj, None, 1e-8)).double()
     assert torch.allclose(upd @ basis[:, :8], torch.zeros(6, 8, dtype=torch.float64), atol=1e-5)   # corpus keys kept
     assert torch.allclose(upd @ key, resid[0], atol=1e-4)                                           # the edit lands
 

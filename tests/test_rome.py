@@ -34,7 +34,9 @@ def test_rank_one_update_maps_the_key_to_exactly_the_new_value():
     k = torch.randn(16, generator=g)
     delta = torch.randn(8, generator=g)
     u = cov_inv @ k
-    upd = rank_one_update(delta, u, k)
+    b, a = rank_one_update(delta, u, k)
+    assert b.shape == (8, 1) and a.shape == (1, 16)
+    upd = b @ a
     assert torch.allclose((w + upd) @ k, w @ k + delta, atol=1e-5)   # r-ROME: W' k* = W k* + delta
     assert torch.linalg.matrix_rank(upd) == 1
 

@@ -43,6 +43,7 @@ from pathlib import Path
 
 import torch
 
+from agents.delta import changed_weights
 from agents.hparams import HyperParams, is_int, is_number
 from agents.methods import register_editor
 from agents.scoring import mask_dtype, packed_rows, score_packed
@@ -331,7 +332,7 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
     reached = lambda: mean(p_fact) <= level + hp.margin and mean(correct) <= acc_level + hp.margin
     at_level = lambda i: not correct[i] and p_fact[i] <= fact_level[i] + hp.margin
     t0, losses, step = time.time(), [], 0
-    with weights_restored_on_error(model), trainable_only(model, params):
+    with weights_restored_on_error(model) as before, trainable_only(model, params):
         forget_loss.prepare(model, tok, rows, unknown, world)
         opt = torch.optim.Adam(params, lr=hp.lr)
         start = [p.detach().clone() for p in params]
@@ -363,7 +364,8 @@ def unlearn(method: str, agent, requests, world, hp: EraseHyperParams, forget_lo
                        "accuracy_before": acc_before, "accuracy_after": mean(correct), "unknown_accuracy": acc_level,
                        "facts_at_level": sum(map(at_level, range(len(reqs)))),
                        "loss_first": losses[0] if losses else None, "loss_last": losses[-1] if losses else None,
-                       "forget_prompts": len(rows), "retain_queries": len(retain), "module": hp.module})
+                       "forget_prompts": len(rows), "retain_queries": len(retain), "module": hp.module},
+                      changed_weights(model, before))
 
 
 class TruthLogLikelihood:

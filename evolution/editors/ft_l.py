@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from agents.delta import changed_weights
 from agents.hparams import HyperParams, is_int, is_number
 from agents.methods import register_editor
 from evolution.editors.requests import (EditError, EditReport, check_finite, validate_requests,
@@ -129,7 +130,7 @@ def ft_l(agent, requests, world=None, **hparams) -> EditReport:
     names = [n for n, p in model.named_parameters() if any(p is q for q in params)]
     t0, losses = time.time(), []
     bs = hp.batch_size or len(reqs)
-    with weights_restored_on_error(model), trainable_only(model, params):
+    with weights_restored_on_error(model) as before, trainable_only(model, params):
         for b in range(0, len(reqs), bs):
             chunk = reqs[b:b + bs]
             ids, mask, labels = target_batch(agent.tokenizer, [r.prompt for r in chunk],
@@ -148,4 +149,4 @@ def ft_l(agent, requests, world=None, **hparams) -> EditReport:
                 kept_near(params, start, hp.norm_constraint, f"ft_l update of layer {hp.layer}", f"lower lr ({hp.lr})")
     return EditReport("ft_l", len(reqs), round(time.time() - t0, 4), [hp.layer], True,
                       {"params": names, "steps": len(losses), "loss_first": losses[0], "loss_last": losses[-1],
-                       "norm_constraint": hp.norm_constraint, "module": hp.module})
+                       "norm_constraint": hp.norm_constraint, "module": hp.module}, changed_weights(model, before))

@@ -6,7 +6,10 @@ An editor is registered with `agents.methods.register_editor(name)` and has the 
 
 and is called as `agent.edit(requests, method=name, world=world, **hparams)`. It must leave
 the weights exactly as they were when it fails (use `weights_restored_on_error`), and it must
-reject bad input (`validate_requests`) before any work.
+reject bad input (`validate_requests`) before any work. It returns the change it made in
+`EditReport.update` ({param: dense | (B, A)}, factored where it knows the factors: ROME's
+rank one per request, MEMIT's rank k), which the placement keeps (agents/delta.py); an editor
+that returns none is factored by SVD after it ran.
 
 A request's `prompt` is the text after which `target` should follow (" " + target is the
 continuation, as the scorer tokenizes it). With a world, the default prompt is the relation's
@@ -73,9 +76,14 @@ class EditReport:
     layers: list[int]
     ok: bool = True
     details: dict = field(default_factory=dict)
+    # the change the edit made, {param: dense | (B, A)} (agents/delta.py); the agent takes it
+    # for its placement to keep, so a report the caller sees holds None here
+    update: dict | None = field(default=None, repr=False, compare=False)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(replace(self, update=None))
+        del out["update"]
+        return out
 
 
 # -- building requests ------------------------------------------------------------------------

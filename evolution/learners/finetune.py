@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from agents.architectures import layout_of
+from agents.delta import changed_weights
 from agents.hparams import HyperParams, is_int, is_number
 from agents.methods import register_learner
 from envs.facts import Fact
@@ -165,8 +166,9 @@ class _Full:
     def undo(self):
         return self.trained
 
-    def result(self):
-        return self.trained
+    def result(self, before: dict) -> tuple:
+        """(the trained model, its update: every weight's dense change)."""
+        return self.trained, changed_weights(self.trained, before)
 
 
 class _Lora:
@@ -199,11 +201,28 @@ class _Lora:
     def undo(self):
         return self.trained.unload()
 
-    def result(self):
+    def factors(self) -> dict:
+        """Each adapted weight's change as its LoRA factors (B x scaling, A), in the weight's own
+        orientation and under its name in the merged model."""
+        from peft.tuners.lora import LoraLayer
+        out = {}
+        for n, m in self.trained.named_modules():
+            if not isinstance(m, LoraLayer) or "default" not in m.lora_A:
+                continue
+            b = m.lora_B["default"].weight.detach() * m.scaling["default"]
+            a = m.lora_A["default"].weight.detach()
+            if b.abs().max() > 0:
+                name = n.removeprefix("base_model.model.") + ".weight"
+                out[name] = (a.T.contiguous(), b.T.contiguous()) if m.fan_in_fan_out else (b.contiguous(), a.clone())
+        return out
+
+    def result(self, before: dict) -> tuple:
+        """(the model with the adapter merged in, its update: the adapter's factors)."""
+        update = self.factors()
         merged = self.trained.merge_and_unload()
         for p in merged.parameters():
             p.requires_grad_(True)
-        return merged
+        return merged, update
 
 
 def learn_with(way, method: str, agent, data, world, replay, hparams: dict) -> dict:
@@ -226,8 +245,10 @@ def learn_with(way, method: str, agent, data, world, replay, hparams: dict) -> d
         agent.model.load_state_dict(before)
         agent.model.eval()
         raise
-    agent.model = w.result().eval()
-    return _report(method, texts, old, losses, t0, epochs=hp.epochs, replay_share=hp.replay_share, **w.extra)
+    model, update = w.result(before)
+    agent.model = model.eval()
+    return {**_report(method, texts, old, losses, t0, epochs=hp.epochs, replay_share=hp.replay_share, **w.extra),
+            "update": update}
 
 
 @register_learner("finetune", hparams=LearnHyperParams, also=('world', 'replay'))

@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from agents.delta import as_dense
 from agents.methods import register_editor
 from evolution.editors.target import chosen_key_tokens, critical_layers, mlp_effects
 from evolution.editors.memit.compute_z import request_texts, subject_groups, target_residuals
@@ -40,13 +41,14 @@ def subject_means(values: torch.Tensor, owners: list[int], n: int) -> torch.Tens
     return s / torch.bincount(idx, minlength=n)[:, None].to(values.dtype)
 
 
-def layer_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float, ridge: float) -> torch.Tensor:
-    """dW [d, d_ff] = R^T K (lam C + K^T K + ridge)^-1, in float64 (C may hold earlier
-    edits' keys: edit_memory)."""
+def layer_update(keys: torch.Tensor, resid: torch.Tensor, cov: torch.Tensor, lam: float,
+                 ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """dW [d, d_ff] = R^T K (lam C + K^T K + ridge)^-1 as its factors (R^T [d, n], [n, d_ff]):
+    rank n, the edited subjects. Solved in float64 (C may hold earlier edits' keys: edit_memory)."""
     k, r = keys.double(), resid.double()
     a = lam * cov.to(k.device) + k.T @ k
     a = a + ridge * torch.trace(a) / a.shape[0] * torch.eye(a.shape[0], dtype=a.dtype, device=a.device)
-    return torch.linalg.solve(a, k.T @ r).T.float()
+    return r.T.float().contiguous(), torch.linalg.solve(a, k.T).T.float().contiguous()
 
 
 def null_space_projector(cov: torch.Tensor, threshold: float) -> tuple[torch.Tensor, int]:
@@ -60,14 +62,15 @@ def null_space_projector(cov: torch.Tensor, threshold: float) -> tuple[torch.Ten
 
 
 def null_space_update(keys: torch.Tensor, resid: torch.Tensor, proj: torch.Tensor, earlier: torch.Tensor | None,
-                      ridge: float) -> torch.Tensor:
-    """dW [d, d_ff] = R^T K P (P (K^T K + Kp^T Kp) + ridge I)^-1 (AlphaEdit, sequential form):
-    the least-change update within the null space that moves K to R and holds the earlier
-    edits' keys Kp. `ridge` is absolute here (the caller scales it to the corpus keys)."""
+                      ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """dW [d, d_ff] = R^T K P (P (K^T K + Kp^T Kp) + ridge I)^-1 (AlphaEdit, sequential form),
+    as its factors (R^T [d, n], [n, d_ff]): the least-change update within the null space that
+    moves K to R and holds the earlier edits' keys Kp. `ridge` is absolute here (the caller
+    scales it to the corpus keys)."""
     k, r, p = keys.double(), resid.double(), proj.to(keys.device)
     kk = k.T @ k + (earlier.double().to(k.device).T @ earlier.double().to(k.device) if earlier is not None else 0)
     a = p @ kk + ridge * torch.eye(p.shape[0], dtype=p.dtype, device=p.device)
-    return torch.linalg.solve(a, p @ k.T @ r).T.float()
+    return r.T.float().contiguous(), torch.linalg.solve(a, p @ k.T).T.float().contiguous()
 
 
 @register_editor("memit", hparams=MEMITHyperParams, also=('world', 'check_current'))
@@ -101,7 +104,7 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
                                          owners, len(subjects))
             z = norm_anchored(z, unedited)
         times["targets_s"] = round(time.time() - t1, 3)
-        norms, written, null_dims = [], [], {}
+        norms, written, null_dims, update = [], [], {}, {}
         for i, l in enumerate(layers):
             keys = subject_means(keys_at_subject(agent.model, agent.tokenizer, texts, names, l, tokens), owners,
                                  len(subjects))
@@ -119,9 +122,10 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
                 cov = protected(covs[l], earlier, hp.protect_weight / hp.mom2_update_weight
                                 if hp.mom2_update_weight else 0.0)
                 upd = layer_update(keys, resid, cov, hp.mom2_update_weight, hp.ridge)
-            check_finite(f"MEMIT update of layer {l}", upd, "raise mom2_update_weight or ridge")
-            add_update(agent.model, down_proj(agent.model, l), upd)
-            norms.append(float(upd.norm()))
+            for part in upd:
+                check_finite(f"MEMIT update of layer {l}", part, "raise mom2_update_weight or ridge")
+            add_update(agent.model, down_proj(agent.model, l), upd, update)
+            norms.append(float(as_dense(upd).norm()))
             written.append((l, [(s, k) for s, k in zip(subjects, keys)]))
     for l, entries in written:
         remember(agent, l, entries)
@@ -131,4 +135,4 @@ def memit(agent, requests, world=None, check_current: bool = True, **hparams) ->
                       {"layer_source": source, "subject_token_source": token_source,
                        "subject_tokens": sorted(set(tokens.values())), "subjects": len(subjects), "update_norms": norms,
                        **({"null_space_dims": null_dims} if hp.null_space else {}),
-                       "target_nll_mean": sum(nll_after) / len(nll_after), **times})
+                       "target_nll_mean": sum(nll_after) / len(nll_after), **times}, update)

@@ -14,6 +14,7 @@ import contextlib
 import torch
 
 from agents.architectures import ArchitectureError, Layout, layout_of
+from agents.delta import as_dense, plus
 from evolution.editors.requests import EditError
 
 
@@ -43,9 +44,18 @@ def down_proj(model, layer: int) -> torch.nn.Module:
     return layout(model).mlp_out_of(decoder_layers(model)[check_layer(model, layer)])
 
 
-def add_update(model, module, update: torch.Tensor) -> None:
-    """Add an [out, in] update to the projection's weight, whatever way the family stores it."""
-    layout(model).add_to_weight(module, update)
+def add_update(model, module, update: "torch.Tensor | tuple[torch.Tensor, torch.Tensor]", into: dict) -> None:
+    """Add an [out, in] update, dense or factored (B [out, r], A [r, in]), to the projection's
+    weight, whatever way the family stores it, and record it in `into`, the method's returned
+    update (agents/delta.py), under the weight's name and in its orientation."""
+    lay = layout(model)
+    lay.add_to_weight(module, as_dense(update))
+    if isinstance(update, tuple):
+        change = (update[1].T.contiguous(), update[0].T.contiguous()) if lay.transposed else update
+    else:
+        change = update.T.contiguous() if lay.transposed else update
+    name = next(n for n, p in model.named_parameters() if p is module.weight)
+    into[name] = plus(into.get(name), change)
 
 
 @contextlib.contextmanager

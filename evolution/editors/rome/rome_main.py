@@ -33,19 +33,21 @@ def chosen_layer(agent, world, requests, layer: int | None) -> tuple[int, str]:
     return critical_layers(mlp_effects(agent, world, requests))[0], "tracing"
 
 
-def rank_one_update(delta: torch.Tensor, u: torch.Tensor, k_star: torch.Tensor) -> torch.Tensor:
-    """[d_out, d_in] = delta u^T / (u^T k*): maps k* to exactly +delta (r-ROME)."""
+def rank_one_update(delta: torch.Tensor, u: torch.Tensor, k_star: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The [d_out, d_in] update delta u^T / (u^T k*) as its factors (B [d_out, 1], A [1, d_in]):
+    it maps k* to exactly +delta (r-ROME)."""
     denom = torch.dot(u.double(), k_star.double())
     if not torch.isfinite(denom) or denom.abs() < 1e-12:
         check_finite("rank-one denominator u^T k*", torch.tensor(float("nan")), "raise ridge")
-    return (torch.outer(delta.double(), u.double()) / denom).float()
+    return delta.float()[:, None].contiguous(), (u.double() / denom).float()[None, :].contiguous()
 
 
 def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], cov: torch.Tensor,
-             hp: ROMEHyperParams, world, seed: int, written: list, done: list[EditRequest]) -> dict:
-    """Apply one request to agent.model in place, at the subject token `tokens` names; returns
-    its diagnostics. `written`: keys of this call's earlier requests (protected like the
-    memory's); `done`: this call's earlier requests. The value is found for all of the
+             hp: ROMEHyperParams, world, seed: int, written: list, done: list[EditRequest], update: dict) -> dict:
+    """Apply one request to agent.model in place, at the subject token `tokens` names, and add
+    it to `update` (the call's returned change); returns its diagnostics. `written`: keys of
+    this call's earlier requests (protected like the memory's); `done`: this call's earlier
+    requests. The value is found for all of the
     person's edits (the memory's and this call's), since they share the person's key."""
     reqs = with_earlier_facts(agent, [r for r in done if r.subject == request.subject] + [request])
     texts = [rewrite_texts(prompt_forms(r, world, hp.paraphrases, hp.statements),
@@ -72,15 +74,16 @@ def rome_one(agent, request: EditRequest, layer: int, tokens: dict[str, int], co
                                           hp.v_steps, hp.v_lr, hp.v_weight_decay, hp.clamp_norm_factor, hp.kl_factor,
                                           groups=[0] * len(reqs), tokens=tokens, anchor=anchor)
     upd = rank_one_update(delta[0], u, k_star)
-    check_finite(f"ROME update for {request.subject!r}", upd, "lower v_lr or raise ridge")
-    add_update(agent.model, mod, upd)
+    for part in upd:
+        check_finite(f"ROME update for {request.subject!r}", part, "lower v_lr or raise ridge")
+    add_update(agent.model, mod, upd, update)
     check_finite(f"layer {layer}'s MLP output projection after the edit", mod.weight)
     written.append((request.subject, k_star.detach().double().cpu()))
     done.append(request)
     return {"subject": request.subject, "relation": request.relation, "target": request.target,
             "subject_token": tokens[request.subject], "edits_of_person": len(reqs),
             "nll_before": max(info["nll_before"]), "nll_after": max(info["nll_after"]), "steps": info["steps"],
-            "delta_norm": float(delta[0].norm()), "update_norm": float(upd.norm())}
+            "delta_norm": float(delta[0].norm()), "update_norm": float(upd[0].norm() * upd[1].norm())}
 
 
 @register_editor("rome", hparams=ROMEHyperParams, also=('world', 'check_current'))
@@ -97,10 +100,11 @@ def rome(agent, requests, world=None, check_current: bool = True, **hparams) -> 
                          tokens=people_tokens)
     written: list = []
     done: list = []
+    update: dict = {}
     with weights_restored_on_error(agent.model):
-        per = [rome_one(agent, r, layer, tokens, cov, hp, world, hp.seed * 100003 + i, written, done)
+        per = [rome_one(agent, r, layer, tokens, cov, hp, world, hp.seed * 100003 + i, written, done, update)
                for i, r in enumerate(reqs)]
     remember(agent, layer, written)
     remember_facts(agent, reqs)
     return EditReport("rome", len(reqs), round(time.time() - t0, 3), [layer], True,
-                      {"layer_source": source, "subject_token_source": token_source, "per_request": per})
+                      {"layer_source": source, "subject_token_source": token_source, "per_request": per}, update)
