@@ -86,6 +86,21 @@ def test_the_vllm_placement_serves_each_agent_as_its_adapter(scorer, small_dir, 
         vp.learn("agent 1", [f"{q.prompt} {q.truth}" for q in queries[4:8]], "lora", epochs=1, rank=4)
         with pytest.raises(PlacementError, match="agent 'agent 1': its delta changes .*q_proj"):
             vp.beliefs_many([Ask("agent 1", queries[:2])])
+        # updates kept side by side may be stored above the engine's rank while their sum is
+        # within it: served; a change truly above it is refused by name
+        import torch
+
+        from agents.delta import Snapshot
+        k = "model.layers.0.mlp.down_proj.weight"
+        w = vp.pop.base[k]
+        g = torch.Generator().manual_seed(0)
+        b, a = 0.01 * torch.randn(w.shape[0], 2, generator=g), torch.randn(2, w.shape[1], generator=g)
+        vp.restore(Snapshot("twelve", "neutral", {k: (torch.cat([b] * 6, 1) / 6, torch.cat([a] * 6, 0))}))
+        vp.servable("twelve")
+        vp.restore(Snapshot("high", "neutral", {k: (0.01 * torch.randn(w.shape[0], 12, generator=g),
+                                                     torch.randn(12, w.shape[1], generator=g))}))
+        with pytest.raises(PlacementError, match="agent 'high': its change of .* has rank 12, above"):
+            vp.servable("high")
     finally:
         vp.close()
 
