@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 from torch.func import functional_call
+from transformers.pytorch_utils import Conv1D
 
 from agents.agent import Agent, pick_device
 from agents.checkpoint import load_model_dir
@@ -88,8 +89,14 @@ def merged_linear(x: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None, r
 
 
 def _linear_like(m: nn.Module) -> bool:
-    """Modules whose weight W acts as out = x W^T (+ b): a low-rank change is a gathered matmul."""
-    return isinstance(m, nn.Linear)
+    """Modules whose weight acts as a matmul (+ b): nn.Linear (out = x W^T + b) and GPT-2's
+    Conv1D (out = x W + b, W stored [in, out]); a low-rank change is a gathered matmul."""
+    return isinstance(m, (nn.Linear, Conv1D))
+
+
+def _as_linear(m: nn.Module) -> torch.Tensor:
+    """The module's weight as nn.Linear holds it, [out, in] (a view of Conv1D's [in, out])."""
+    return m.weight.T if isinstance(m, Conv1D) else m.weight
 
 
 class PopulationPlacement(Placement):
@@ -399,11 +406,14 @@ class PopulationPlacement(Placement):
             low = pk.pop("low")
             if low:
                 r = max(b.shape[1] for b, _ in low.values())
-                ref = self.modules[mname].weight
+                ref = _as_linear(self.modules[mname])
+                conv = isinstance(self.modules[mname], Conv1D)
                 Bt = torch.zeros(len(low) + 1, r, ref.shape[0], dtype=ref.dtype, device=self.device)
                 At = torch.zeros(len(low) + 1, ref.shape[1], r, dtype=ref.dtype, device=self.device)
                 slot_of = torch.zeros(n_ids, dtype=torch.long, device=self.device)
                 for j, (aid, (b, a)) in enumerate(low.items(), start=1):
+                    if conv:                 # the change of W [in, out] = B A is (B A)^T = A^T B^T as [out, in]
+                        b, a = a.T, b.T
                     Bt[j, :b.shape[1]] = b.T.to(Bt)
                     At[j, :, :a.shape[0]] = a.T.to(At)
                     slot_of[aid] = j
@@ -412,7 +422,7 @@ class PopulationPlacement(Placement):
                                  for p, d in ds.items()} for aid, ds in pk["dense"].items()}
         self._packs = packs
 
-    def _linear_forward(self, mname: str, module: nn.Linear):
+    def _linear_forward(self, mname: str, module: nn.Module):
         """The linear layer's forward with each row's low-rank change (the rows' dense changes
         are the hook's). Two ways, the cheaper for the batch:
         - per run of rows of one agent, the agent's merged weight `W + B A` in the one matmul
@@ -422,9 +432,10 @@ class PopulationPlacement(Placement):
           passes over the activations: many agents of few tokens each)."""
         def forward(x: torch.Tensor) -> torch.Tensor:
             pk = None if self._rows is None or self._in_hook or not self._packs else self._packs.get(mname)
+            w = _as_linear(module)
             if pk is None or "Bt" not in pk:
-                return nn.functional.linear(x, module.weight, module.bias)
-            rows, runs, w, bias = self._rows, self._runs, module.weight, module.bias
+                return nn.functional.linear(x, w, module.bias)
+            rows, runs, bias = self._rows, self._runs, module.bias
             if x.shape[0] != rows.shape[0]:
                 raise PlacementError(f"module {mname!r}: its input is not one tensor per batch row, so a "
                                      "per-agent change to it cannot be applied here")

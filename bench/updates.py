@@ -15,6 +15,7 @@ none. Both ways on the same changes:
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import pandas as pd
@@ -146,6 +147,46 @@ def gpt2_sized_rows(quick: bool) -> dict:
         EDITORS.pop("apply_change")
 
 
+def gpt2_population_rows(quick: bool) -> pd.DataFrame:
+    """A population on GPT-2's layout (Conv1D projections, stored [in, out]) whose agents each
+    carry a rank-one change of layer 0's MLP output projection (a ROME edit): held low-rank now,
+    dense before (as a change to a module that is not nn.Linear). Random weights: the cost
+    depends on the shapes only."""
+    from agents.delta import Snapshot
+    from bench.common import timed_together
+    from bench.placements import asks_for, held_bytes
+    d = pretrained_dir(PretrainConfig.from_dict({"people": 80, "steps": 400}), progress=False)
+    tok, world = PopulationPlacement.from_dir(d, "cpu").tokenizer, World.load(d / "world.json")
+    sizes = [("tiny GPT-2 (128 wide, 2 layers)", 128, 512, 2, 4, 64, 4)]
+    if not quick:
+        sizes.append(("GPT-2-small-sized (768 wide, 12 layers)", 768, 3072, 12, 12, 8, 2))
+    rows = {}
+    for label, width, ff, layers, heads, n, q in sizes:
+        torch.manual_seed(0)
+        model = tiny_model("gpt2", len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, d=width, d_ff=ff,
+                           layers=layers, heads=heads)
+        k = "transformer.h.0.mlp.c_proj.weight"
+        g = torch.Generator().manual_seed(1)
+        snaps = [Snapshot(f"agent {i}", "neutral", {k: (torch.randn(ff, 1, generator=g) * 1e-2,
+                                                        torch.randn(1, width, generator=g))}) for i in range(n)]
+        placements = {}
+        for way in ("low-rank (now)", "dense (before)"):
+            p = placements[way] = PopulationPlacement(copy.deepcopy(model), tok, "cpu")
+            for sn in snaps:            # before, a change of a Conv1D was held dense: restored so here
+                p.restore(sn if way.startswith("low") else Snapshot(sn.name, sn.persona, dense(sn.delta)))
+        bare = held_bytes(PopulationPlacement(copy.deepcopy(model), tok, "cpu"))
+        asks = asks_for(world, n, q)
+        answers = {w: [b.answer for bs in p.beliefs_many(asks) for b in bs] for w, p in placements.items()}
+        t = timed_together({w: (lambda p=p: p.beliefs_many(asks)) for w, p in placements.items()}, 3)
+        for w, p in placements.items():
+            rows[(label, f"{n} agents x {q} queries", w)] = {
+                "s per round": t[w], "x low-rank time": t[w] / t["low-rank (now)"],
+                "MiB held per agent": (held_bytes(p) - bare) / n / 2 ** 20,
+                "answers = low-rank": sum(a == b for a, b in zip(answers[w], answers["low-rank (now)"])) / len(asks) / q}
+        print(pd.DataFrame(rows).T.tail(2).to_string(), flush=True)
+    return pd.DataFrame(rows).T
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="the tests' small model and a 256-wide stand-in")
@@ -161,8 +202,13 @@ def main() -> None:
             "returned: stored", "svd: stored", "max |difference| / max |change|"]
     df = df[cols]
     print(df.to_string())
+    gpt2 = gpt2_population_rows(args.quick)
     write_section("updates", "Keeping a method's change: returned update vs SVD",
-                  md_table(df, ".4g") + f"\n\n`keep s`: the placement's step after the method ran (the returned update added "
+                  md_table(df, ".4g") + "\n\nOn GPT-2's layout (Conv1D projections): every agent a rank-one change of layer "
+                  "0's MLP output projection, held and added low-rank now, dense before (a change of a module that is "
+                  "not nn.Linear went to the per-agent dense fallback); one round, every agent asked its own "
+                  "queries; `MiB held per agent`: the deltas and stacked factors the placement holds beyond the base "
+                  "model, over the agents:\n\n" + md_table(gpt2, ".4g") + f"\n\n`keep s`: the placement's step after the method ran (the returned update added "
                   "to the agent's delta and checked against the weights the method left, or every changed matrix "
                   "factored by SVD); `call s`: the whole `edit`/`learn` call, method included. `stored`: what the "
                   "placement keeps. `max |difference| / max |change|`: between the two ways' kept changes, per weight, "

@@ -22,10 +22,11 @@ def make_family(family: str):
     return partial(tiny_model, family)
 
 
-def _check_family(family: str, small_world, tmp_path):
+def _check_family(family: str, small_world, tmp_path, monkeypatch):
     from agents.adapters import export_adapter
     from agents.agent import Agent
     from agents.delta import mismatch
+    from agents import population
     from agents.placement import Ask
     from agents.placement_kinds import make_placement
     from agents.pretrain import PretrainConfig, save_model_dir, train
@@ -72,9 +73,14 @@ def _check_family(family: str, small_world, tmp_path):
     h = pop.spawn("edited")
     pop.edit("edited", reqs[:2], "rome", world=world)
     qs = [r.query(world) for r in reqs] + known[:6]
-    ours, theirs = local.beliefs(qs), pop.beliefs_many([Ask(h.name, qs)])[0]
-    assert [b.answer for b in ours] == [b.answer for b in theirs]
-    assert max(abs(x - y) for b, c in zip(ours, theirs) for x, y in zip(b.probs, c.probs)) < 1e-4
+    # held as two rank-one factors (GPT-2's Conv1D too), added by merged weights or gathered
+    assert [v[0].shape[1] for v in pop.slots["edited"].delta.values()] == [2]
+    ours = local.beliefs(qs)
+    for merge_at in (0, float("inf")):
+        monkeypatch.setattr(population, "MERGE_TOKENS_PER_RANK", merge_at)
+        theirs = pop.beliefs_many([Ask(h.name, qs)])[0]
+        assert [b.answer for b in ours] == [b.answer for b in theirs]
+        assert max(abs(x - y) for b, c in zip(ours, theirs) for x, y in zip(b.probs, c.probs)) < 1e-4
     # its change exported as a peft adapter loads onto the base and gives the edited model
     from peft import PeftModel
     export_adapter(local, tmp_path / f"{family}-adapter", rank=2)
@@ -87,14 +93,14 @@ def _check_family(family: str, small_world, tmp_path):
 
 
 @pytest.mark.parametrize("family", FAST)
-def test_every_method_on_a_family(family, small_world, tmp_path):
-    _check_family(family, small_world, tmp_path)
+def test_every_method_on_a_family(family, small_world, tmp_path, monkeypatch):
+    _check_family(family, small_world, tmp_path, monkeypatch)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", SLOW)
-def test_every_method_on_a_family_slow(family, small_world, tmp_path):
-    _check_family(family, small_world, tmp_path)
+def test_every_method_on_a_family_slow(family, small_world, tmp_path, monkeypatch):
+    _check_family(family, small_world, tmp_path, monkeypatch)
 
 
 def test_an_unknown_family_is_refused_with_the_known_ones(small_agent, small_world):

@@ -141,3 +141,31 @@ def test_factors_sit_side_by_side_until_the_matrix_is_smaller():
     kept = fit(four, base, max_rank=2)["w"]                         # above the rank: re-factored, numerical rank 2
     assert kept[0].shape[1] == 2 and torch.allclose(kept[0] @ kept[1], dense(four)["w"], atol=1e-5)
     assert not isinstance(fit({"w": one()}, base, max_rank=8, linear=set())["w"], tuple)   # not a linear weight
+
+
+def test_gpt2_conv1d_changes_are_held_low_rank_and_score_as_the_local_agent(small_dir, small_world, monkeypatch):
+    """GPT-2 stores its projections as Conv1D ([in, out]): a LoRA's change of them is held as
+    factors and added by merged weights or gathered, as for nn.Linear (it used to be dense)."""
+    import copy
+
+    from agents import population
+    from agents.architectures import tiny_model
+    tok = Agent.from_dir(small_dir).tokenizer
+    torch.manual_seed(0)
+    model = tiny_model("gpt2", len(tok), tok.pad_token_id, tok.bos_token_id, tok.eos_token_id)
+    plain = Agent(copy.deepcopy(model), tok)
+    local, pop = LocalPlacement(Agent(copy.deepcopy(model), tok)), PopulationPlacement(model, tok)
+    for p in (local, pop):
+        p.spawn("a").learn(small_world.facts()[:4], "lora", world=small_world, epochs=2, lr=5e-2)
+    held = pop.slots["a"].delta
+    assert {k.rsplit(".", 2)[-2] for k in held} == {"c_attn", "c_proj", "c_fc"}
+    assert all(isinstance(v, tuple) and v[0].shape[1] == 8 for v in held.values())
+    qs = small_world.queries()[:30]
+    mine = local.beliefs_many([Ask("a", qs)])[0]
+    assert max(abs(x - y) for b, c in zip(mine, plain.beliefs(qs))
+               for x, y in zip(b.probs, c.probs)) > 1e-3                 # the change matters
+    for merge_at in (0, float("inf")):
+        monkeypatch.setattr(population, "MERGE_TOKENS_PER_RANK", merge_at)
+        theirs = pop.beliefs_many([Ask("a", qs)])[0]
+        assert [b.answer for b in mine] == [b.answer for b in theirs]
+        assert max(abs(x - y) for b, c in zip(mine, theirs) for x, y in zip(b.probs, c.probs)) < 1e-4
