@@ -3,8 +3,8 @@
 A round's asks from all agents become packed rows (agents/scoring.py) in shared batches; each
 row carries its agent's id. Forward hooks on the base model's modules add, for each row, that
 row's agent's change:
-- a low-rank change of a linear layer (ROME/MEMIT rank k, LoRA rank r) as one gathered
-  low-rank matmul over the batch, `out += (x A_g^T) B_g^T` with `A_g`, `B_g` the row's agent's
+- a low-rank change of a linear layer (nn.Linear, or GPT-2's Conv1D; ROME/MEMIT rank k, LoRA
+  rank r) as one gathered low-rank matmul over the batch, `out += (x A_g^T) B_g^T` with `A_g`, `B_g` the row's agent's
   factors stacked and zero-padded to the batch's largest rank (Punica's BGMV, S-LoRA);
 - any other change (a dense fine-tune, a norm's weight, an embedding) by recomputing that
   module for the rows of each agent that has one, with base + that agent's delta (the
