@@ -119,8 +119,9 @@ def fit(delta: dict, base: dict[str, torch.Tensor], max_rank: int, linear: set[s
 
 def mismatch(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor], delta: dict,
              aliases: dict[str, list[str]] | None = None, rel: float = 1e-5) -> str | None:
-    """None when every weight in `state` is base + delta to float rounding (`rel` of the
-    larger of its largest base and new entry); else which parameter is off and by how much.
+    """None when every weight in `state` is base + delta to float rounding (`rel`, or twice the
+    weight's dtype epsilon if larger, of the larger of its largest base and new entry); else
+    which parameter is off and by how much.
     `aliases`: the names each delta key also goes by (tied weights)."""
     want = {kk: v for k, v in delta.items() for kk in (aliases or {}).get(k, [k])}
     for k, v in state.items():
@@ -134,7 +135,8 @@ def mismatch(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor], delt
         else:
             d = as_dense(want[k]).to(v.device, torch.float32)
             off = float((v.detach().float() - b.to(v.device).float() - d).abs().max())
-        tol = rel * max(float(b.detach().abs().max()), float(v.detach().abs().max()), 1e-12)
+        eps = 2 * torch.finfo(v.dtype).eps if v.is_floating_point() else 0.0    # half-precision weights round more
+        tol = max(rel, eps) * max(float(b.detach().abs().max()), float(v.detach().abs().max()), 1e-12)
         if not off <= tol:
             return f"{k} is off by {off:.3g} (tolerance {tol:.3g})" + ("" if k in want else ", and the update does not name it")
     return None

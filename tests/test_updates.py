@@ -169,3 +169,14 @@ def test_gpt2_conv1d_changes_are_held_low_rank_and_score_as_the_local_agent(smal
         theirs = pop.beliefs_many([Ask("a", qs)])[0]
         assert [b.answer for b in mine] == [b.answer for b in theirs]
         assert max(abs(x - y) for b, c in zip(mine, theirs) for x, y in zip(b.probs, c.probs)) < 1e-4
+
+
+def test_the_check_allows_the_weights_own_rounding_and_no_more():
+    g = torch.Generator().manual_seed(0)
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        base = {"w": torch.randn(64, 32, generator=g).to(dtype)}
+        change = 0.1 * torch.randn(64, 32, generator=g)
+        state = {"w": (base["w"].float() + change).to(dtype)}
+        assert mismatch(state, base, {"w": change}) is None, dtype
+        assert "w is off by" in mismatch(state, base, {"w": 2 * change}), dtype
+        assert "does not name it" in mismatch(state, base, {}), dtype
