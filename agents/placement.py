@@ -244,20 +244,19 @@ class LocalPlacement(Placement):
         self._known.pop(name, None)
 
     def edit(self, name: str, requests, method: str, **hparams):
-        self._versions[name] = self.version(name) + 1
         a = self._agent(name)
         report = a.edit(requests, method, **hparams)      # a method that fails leaves the weights as they were
         self._note(name, a)
         return report
 
     def learn(self, name: str, data, method: str = "finetune", **hparams):
-        self._versions[name] = self.version(name) + 1
         a = self._agent(name)
         report = a.learn(data, method, **hparams)
         self._note(name, a)
         return report
 
     def _note(self, name: str, a: Agent) -> None:
+        self._versions[name] = self.version(name) + 1
         known, upd = self._known.get(name), a.last_update
         known = compose(known, upd) if known is not None and upd is not None else None
         self._known[name] = known if known is not None and all(isinstance(v, tuple) for v in known.values()) else None

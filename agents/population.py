@@ -263,17 +263,15 @@ class PopulationPlacement(Placement):
 
     def edit(self, name: str, requests, method: str, **hparams):
         a = self._materialize(name)
-        try:
-            return a.edit(requests, method, **hparams)
-        finally:
-            self._keep(name, a)
+        report = a.edit(requests, method, **hparams)      # a method that fails leaves the agent as it was
+        self._keep(name, a)
+        return report
 
     def learn(self, name: str, data, method: str = "finetune", **hparams):
         a = self._materialize(name)
-        try:
-            return a.learn(data, method, **hparams)
-        finally:
-            self._keep(name, a)
+        report = a.learn(data, method, **hparams)
+        self._keep(name, a)
+        return report
 
     def materialize(self, name: str) -> Agent:
         """A copy of the agent as a plain in-process Agent (for analysis that needs a model)."""

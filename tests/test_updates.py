@@ -180,3 +180,30 @@ def test_the_check_allows_the_weights_own_rounding_and_no_more():
         assert mismatch(state, base, {"w": change}) is None, dtype
         assert "w is off by" in mismatch(state, base, {"w": 2 * change}), dtype
         assert "does not name it" in mismatch(state, base, {}), dtype
+
+
+def test_a_method_that_fails_leaves_the_agent_as_it_was(small_dir, plugins):
+    from evolution.editors.requests import EditError, weights_restored_on_error
+
+    def fails(agent, requests, world=None, **_):
+        with weights_restored_on_error(agent.model):
+            with torch.no_grad():
+                down_proj(agent.model, 0).weight += 1.0
+            agent.state["half-written"] = True
+            raise EditError("failed half way")
+    register_editor("test_fails")(fails)
+    try:
+        for p in (PopulationPlacement.from_dir(small_dir), LocalPlacement.from_dir(small_dir)):
+            p.spawn("a")
+            p.edit("a", [], "test_bump")
+            before, version = p.snapshot("a"), p.version("a")
+            with pytest.raises(EditError, match="half way"):
+                p.edit("a", [], "test_fails")
+            after = p.snapshot("a")
+            assert set(after.delta) == set(before.delta) == {DOWN0}
+            assert torch.equal(dense(after.delta)[DOWN0], dense(before.delta)[DOWN0])
+            assert p.version("a") == version
+            if isinstance(p, PopulationPlacement):   # the local agent is its model: a method's own state is its care
+                assert "half-written" not in after.state
+    finally:
+        EDITORS.pop("test_fails")
