@@ -21,6 +21,7 @@ import time
 import pandas as pd
 import torch
 
+import agents.agent as agent_mod
 from agents.architectures import tiny_model
 from agents.delta import dense
 from agents.methods import EDITORS, register_editor
@@ -33,15 +34,16 @@ from evolution.editors.requests import EditReport, counterfactual_requests
 KEEP: list[float] = []          # seconds of each keep step, appended by the timing wrapper
 
 
-def timing_keeps(monkey_target=PopulationPlacement):
-    real = monkey_target._kept_delta
+def timing_keeps() -> None:
+    """Time every keep step of the population placement (appended to KEEP)."""
+    real = PopulationPlacement._kept_delta
 
     def timed_keep(self, name, s, a):
         t = time.perf_counter()
         out = real(self, name, s, a)
         KEEP.append(time.perf_counter() - t)
         return out
-    monkey_target._kept_delta = timed_keep
+    PopulationPlacement._kept_delta = timed_keep
 
 
 def stored(delta: dict) -> str:
@@ -54,14 +56,17 @@ def stored(delta: dict) -> str:
 def both_ways(pop: PopulationPlacement, change) -> dict:
     """`change(handle)` run on two fresh agents, the method's update kept (`returned`) and
     dropped so that the placement factors the change (`svd`)."""
-    import agents.agent as agent_mod
     row, kept = {}, {}
+    real = agent_mod.take_update
+
+    def dropped(report):
+        real(report)
+        return None
     for way in ("returned", "svd"):
         name = f"{way}-{len(pop.slots)}"
         h = pop.spawn(name)
-        real = agent_mod.take_update
         if way == "svd":
-            agent_mod.take_update = lambda report: real(report) and None
+            agent_mod.take_update = dropped
         try:
             KEEP.clear()
             t = time.perf_counter()
