@@ -83,11 +83,6 @@ class Layout:
         """The output projection's input width (d_ff)."""
         return out_in(module.weight, self.transposed)[1]
 
-    @torch.no_grad()
-    def add_to_weight(self, module, update: torch.Tensor) -> None:
-        """Add an [out, in] update (what ROME and MEMIT compute) to the module's weight."""
-        module.weight += (update.T if self.transposed else update).to(module.weight.dtype)
-
 
 _LLAMA = Layout("model.layers", "mlp", "down_proj", ("gate_proj", "up_proj"), "self_attn", "o_proj",
                 "model.embed_tokens", "model.norm",

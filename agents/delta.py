@@ -40,6 +40,12 @@ class Snapshot:
     state: dict = field(default_factory=dict)
 
 
+def rounding_atol(weight: torch.Tensor) -> float:
+    """What a change of `weight` may be off by and still count as reproduced: float32
+    rounding of the weight (1e-6 of its largest entry)."""
+    return 1e-6 * float(weight.detach().abs().max().clamp_min(1e-12))
+
+
 def low_rank(d: torch.Tensor, atol: float, max_rank: int) -> LowRank | None:
     """(B, A) with max|d - B A| <= atol at the smallest such rank <= max_rank, or None."""
     if d.ndim != 2 or min(d.shape) <= max_rank:
@@ -63,8 +69,7 @@ def factor(new: dict[str, torch.Tensor], base: dict[str, torch.Tensor], max_rank
         d = v.detach().float().cpu() - base[k].detach().float().cpu()
         if not d.abs().max() > 0:
             continue
-        atol = 1e-6 * float(base[k].abs().max().clamp_min(1e-12))
-        lr = low_rank(d, atol, max_rank) if linear is None or k in linear else None
+        lr = low_rank(d, rounding_atol(base[k]), max_rank) if linear is None or k in linear else None
         out[k] = lr if lr is not None else d
     return out
 
@@ -111,8 +116,8 @@ def fit(delta: dict, base: dict[str, torch.Tensor], max_rank: int, linear: set[s
             out[k] = v
             continue
         d = as_dense(v).detach().float().cpu()
-        atol = 1e-6 * float(base[k].detach().abs().max().clamp_min(1e-12))
-        lr = low_rank(d, atol, max_rank) if isinstance(v, tuple) and (linear is None or k in linear) else None
+        lr = low_rank(d, rounding_atol(base[k]), max_rank) if isinstance(v, tuple) and (linear is None or k in linear) \
+            else None
         out[k] = lr if lr is not None else d
     return out
 

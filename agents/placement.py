@@ -186,6 +186,12 @@ def structure(model) -> list[tuple[str, str]]:
 
 
 # -- the reference: one model per agent ---------------------------------------------------------
+def factored_only(delta: dict) -> dict | None:
+    """`delta` when every change in it is factored, else None (the local placement keeps only
+    factored deltas beside its models: a dense one would copy the weights it changed)."""
+    return delta if all(isinstance(v, tuple) for v in delta.values()) else None
+
+
 class LocalPlacement(Placement):
     kind = "local"
 
@@ -258,8 +264,7 @@ class LocalPlacement(Placement):
     def _note(self, name: str, a: Agent) -> None:
         self._versions[name] = self.version(name) + 1
         known, upd = self._known.get(name), a.last_update
-        known = compose(known, upd) if known is not None and upd is not None else None
-        self._known[name] = known if known is not None and all(isinstance(v, tuple) for v in known.values()) else None
+        self._known[name] = factored_only(compose(known, upd)) if known is not None and upd is not None else None
 
     def snapshot(self, name: str) -> Snapshot:
         a = self._agent(name)
@@ -279,7 +284,7 @@ class LocalPlacement(Placement):
         a.state = put_extensions(a.model, copy.deepcopy(snap.state))
         self.agents[snap.name] = a
         self._versions[snap.name] = self._versions.get(snap.name, -1) + 1
-        self._known[snap.name] = dict(snap.delta) if all(isinstance(v, tuple) for v in snap.delta.values()) else None
+        self._known[snap.name] = factored_only(dict(snap.delta))
         return Handle(self, snap.name)
 
     def base_fingerprint(self) -> str:

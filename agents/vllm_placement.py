@@ -19,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from agents.delta import Snapshot, as_dense, low_rank
+from agents.delta import Snapshot, as_dense, low_rank, rounding_atol
 from agents.placement import Ask, Handle, Placement, PlacementError
 from agents.records import beliefs_from_scores, prompts_with_context
 from agents.scoring import check_readable
@@ -123,8 +123,7 @@ class VllmPlacement(Placement):
     def _fits(self, param: str, change) -> bool:
         """Whether a change stored above the engine's rank (updates kept side by side: two edits
         of one person share a key) is of rank <= max_lora_rank to float rounding."""
-        atol = 1e-6 * float(self.pop.base[param].abs().max().clamp_min(1e-12))
-        return low_rank(as_dense(change).double(), atol, self.max_lora_rank) is not None
+        return low_rank(as_dense(change).double(), rounding_atol(self.pop.base[param]), self.max_lora_rank) is not None
 
     def _adapter(self, name: str):
         slot = self.pop._slot(name)

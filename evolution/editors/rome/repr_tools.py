@@ -48,12 +48,13 @@ def add_update(model, module, update: "torch.Tensor | tuple[torch.Tensor, torch.
     """Add an [out, in] update, dense or factored (B [out, r], A [r, in]), to the projection's
     weight, whatever way the family stores it, and record it in `into`, the method's returned
     update (agents/delta.py), under the weight's name and in its orientation."""
-    lay = layout(model)
-    lay.add_to_weight(module, as_dense(update))
-    if isinstance(update, tuple):
-        change = (update[1].T.contiguous(), update[0].T.contiguous()) if lay.transposed else update
+    if layout(model).transposed:            # GPT-2's Conv1D stores [in, out]: (B A)^T = A^T B^T
+        change = (update[1].T.contiguous(), update[0].T.contiguous()) if isinstance(update, tuple) \
+            else update.T.contiguous()
     else:
-        change = update.T.contiguous() if lay.transposed else update
+        change = update
+    with torch.no_grad():
+        module.weight += as_dense(change).to(module.weight.dtype)
     name = next(n for n, p in model.named_parameters() if p is module.weight)
     into[name] = plus(into.get(name), change)
 
