@@ -79,19 +79,22 @@ def records_from_frame(df: pd.DataFrame) -> list[Record]:
 
 
 def beliefs_from_scores(queries, contexts: list[str], scores, agent: str = "", **fields) -> list[Belief]:
-    """Belief records from summed candidate log-probs (any backend's)."""
+    """Belief records from summed candidate log-probs (any backend's). One softmax, rounding
+    and argmax per candidate count, not per query: at 16,000 queries a round, per-query
+    Python here cost as much as a tenth of the forward."""
     import torch
-    scores = [torch.as_tensor(s, dtype=torch.float64) for s in scores]
     by_len: dict[int, list[int]] = {}
     for i, s in enumerate(scores):
         by_len.setdefault(len(s), []).append(i)
     probs_of: list = [None] * len(scores)
-    for idx in by_len.values():            # one softmax per candidate count, not per query
-        for i, p in zip(idx, torch.softmax(torch.stack([scores[i] for i in idx]), 1).tolist()):
-            probs_of[i] = [round(x, 6) for x in p]
+    best: list = [0] * len(scores)
+    for idx in by_len.values():
+        stacked = torch.stack([torch.as_tensor(scores[i], dtype=torch.float64) for i in idx])
+        probs = (torch.softmax(stacked, 1).mul_(1e6).round_().div_(1e6)).tolist()   # 6 decimals
+        for i, p, a in zip(idx, probs, stacked.argmax(1).tolist()):
+            probs_of[i], best[i] = p, a
     out = []
-    for q, c, s, probs in zip(queries, contexts, scores, probs_of):
-        a = int(s.argmax())
+    for q, c, probs, a in zip(queries, contexts, probs_of, best):
         out.append(Belief(q.subject, q.relation, q.prompt, list(q.candidates), probs, q.candidates[a], q.truth,
                           probs[a], probs[q.candidates.index(q.truth)] if q.truth else None,
                           agent=agent, context=c, **fields))

@@ -68,15 +68,28 @@ def check_readable(tokenizer, queries) -> None:
             read_subjects.add(q.subject)
 
 
+def token_ids(tokenizer, texts: list[str], special: bool) -> list[list[int]]:
+    """`tokenizer(texts, add_special_tokens=special).input_ids`, through a fast tokenizer's
+    backend when there is one: the wrapper's per-text conversion cost as much as the
+    encoding (0.3 s of 0.6 s for 16,000 prompts). Padding and truncation are off, as in the
+    wrapper's own unpadded call (which sets them per call)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None) if getattr(tokenizer, "is_fast", False) else None
+    if backend is None:
+        return tokenizer(texts, add_special_tokens=special).input_ids
+    backend.no_padding()
+    backend.no_truncation()
+    return [e.ids for e in backend.encode_batch(texts, add_special_tokens=special)]
+
+
 def candidate_token_ids(tokenizer, candidates: list[tuple[str, ...]]) -> dict[str, list[int]]:
     """Each distinct candidate's tokens as it follows a prompt (with its leading space)."""
     uniq = sorted({c for cs in candidates for c in cs})
-    return dict(zip(uniq, tokenizer([" " + c for c in uniq], add_special_tokens=False).input_ids))
+    return dict(zip(uniq, token_ids(tokenizer, [" " + c for c in uniq], False)))
 
 
 def pair_sequences(tokenizer, prompts: list[str], candidates: list[tuple[str, ...]]):
     """Token ids of every prompt+candidate pair and where each candidate starts."""
-    p_ids = tokenizer(prompts, add_special_tokens=True).input_ids
+    p_ids = token_ids(tokenizer, prompts, True)
     c_ids = candidate_token_ids(tokenizer, candidates)
     seqs, starts, owner = [], [], []
     for i, (p, cs) in enumerate(zip(p_ids, candidates)):
@@ -139,21 +152,26 @@ def row_layout(n: int, seg: _Segments) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 def packed_rows(tokenizer, prompts: list[str], candidates: list[tuple[str, ...]]) -> list[PackedRow]:
-    p_ids = tokenizer(prompts, add_special_tokens=True).input_ids
+    p_ids = token_ids(tokenizer, prompts, True)
     c_ids = candidate_token_ids(tokenizer, candidates)
     templates: dict[tuple, _Segments] = {}
     layouts: dict[tuple, tuple] = {}
-    rows = []
+    flat: list[int] = []             # every row's tokens, made one tensor at the end (a tensor per row cost more)
+    lengths, parts = [], []
     for p, cs in zip(p_ids, candidates):
         key = tuple(cs)
         if key not in templates:
-            templates[key] = _segments([c_ids[c] for c in cs])
-        seg = templates[key]
+            seg = _segments([c_ids[c] for c in cs])
+            templates[key] = (seg, seg.tokens.tolist())
+        seg, seg_tokens = templates[key]
         if (key, len(p)) not in layouts:
             layouts[key, len(p)] = row_layout(len(p), seg)
-        rows.append(PackedRow(torch.cat([torch.tensor(p, dtype=torch.long), seg.tokens]), *layouts[key, len(p)],
-                              seg.toks, seg.owner, seg.n_cands))
-    return rows
+        flat += p
+        flat += seg_tokens
+        lengths.append(len(p) + len(seg_tokens))
+        parts.append((seg, layouts[key, len(p)]))
+    tokens = torch.tensor(flat, dtype=torch.long).split(lengths)
+    return [PackedRow(t, *layout, seg.toks, seg.owner, seg.n_cands) for t, (seg, layout) in zip(tokens, parts)]
 
 
 def block_mask(rows: list[PackedRow], width: int, float_mask: torch.dtype | None = None) -> torch.Tensor:

@@ -166,3 +166,35 @@ def test_packed_scoring_on_a_gpt2_architecture(small_dir, small_world):
     packed = candidate_logprobs(model, tok, prompts, cands)
     pairs = pair_logprobs(model, tok, prompts, cands)
     assert max((a - b).abs().max().item() for a, b in zip(packed, pairs)) < 1e-5
+
+
+def test_token_ids_equal_the_tokenizers_own_call(small_dir, small_world):
+    """The scorer reads a fast tokenizer's backend directly: same ids as the wrapper's call, for
+    the default word-level tokenizer and a byte-level BPE that adds a BOS (GPT-2/Qwen2-like),
+    also after a padded call left padding on in the backend."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from agents.scoring import token_ids
+    texts = [q.prompt for q in small_world.queries()[:40]] + ["  odd  spacing, Ünïcode é", ""]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(texts * 3, trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>"],
+                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    bpe.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    fast_bpe = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<s>", pad_token="<pad>")
+    for tok in (AutoTokenizer.from_pretrained(small_dir), fast_bpe):
+        assert tok.is_fast
+        tok(texts[:3], padding=True)                  # leaves padding set in the backend
+        for special in (True, False):
+            want = tok(texts, add_special_tokens=special).input_ids
+            assert token_ids(tok, texts, special) == want
+    assert token_ids(fast_bpe, ["a b"], True)[0][0] == 0      # the BOS the template adds
+
+    class Slow:                                         # no backend: the wrapper's call is used
+        is_fast = False
+
+        def __call__(self, texts, add_special_tokens):
+            return type("Enc", (), {"input_ids": [[len(t), int(add_special_tokens)] for t in texts]})()
+    assert token_ids(Slow(), ["ab", "c"], True) == [[2, 1], [1, 1]]
