@@ -420,7 +420,7 @@ class PopulationPlacement(Placement):
                     At[j, :, :a.shape[0]] = a.T.to(At)
                     slot_of[aid] = j
                 # modules whose agents sit in the same slots share one table, and a batch's
-                # lookups in it are made once (the forward's per-module Python was ~3% of a round)
+                # lookups in it are made once (by profile, the forward's per-module Python was ~3% of a round)
                 slot_of = tables.setdefault(tuple(slot_of.tolist()), slot_of)
                 pk["Bt"], pk["At"], pk["slot_of"], pk["slots"] = Bt, At, slot_of, slot_of.tolist()
             pk["dense"] = {aid: {p: (self.modules[mname]._parameters[p] + d.to(self.device)).detach()

@@ -154,7 +154,7 @@ def row_layout(n: int, seg: _Segments) -> tuple[torch.Tensor, torch.Tensor, torc
 def packed_rows(tokenizer, prompts: list[str], candidates: list[tuple[str, ...]]) -> list[PackedRow]:
     p_ids = token_ids(tokenizer, prompts, True)
     c_ids = candidate_token_ids(tokenizer, candidates)
-    templates: dict[tuple, _Segments] = {}
+    templates: dict[tuple, tuple[_Segments, list[int]]] = {}      # candidates -> (segments, their tokens)
     layouts: dict[tuple, tuple] = {}
     flat: list[int] = []             # every row's tokens, made one tensor at the end (a tensor per row cost more)
     lengths, parts = [], []
