@@ -15,9 +15,12 @@ state (every agent alone at round 0 before any changed), are scored once.
 Edits and learning run on a scratch `Agent` materialized as base + the agent's delta and
 state; the placement keeps the update the method returned (added to the agent's delta once it
 is checked against the weights the method left), or factors the change by SVD when the method
-returned none (agents/delta.py). A method that changes the
-model's modules (WISE's side memory) leaves an agent that is not base + delta: it keeps its
-own model ("solo") and its rows are scored by that model.
+returned none (agents/delta.py). A method that changes the model's modules leaves an agent
+that is not base + delta:
+- where its extension has a row form (MEMOIR's routed memory: an addition to one projection's
+  output), the hooks add it to that agent's rows of the shared model;
+- otherwise (WISE's side memory) the agent keeps its own model ("solo") and its rows are
+  scored by that model.
 """
 from __future__ import annotations
 
@@ -37,7 +40,7 @@ from agents.checkpoint import load_model_dir
 from agents.delta import Snapshot, add_delta, compose, factor, fingerprint, fit, mismatch
 from agents.placement import (Ask, Handle, Placement, PlacementError, _check_new, extensions_of, lookup,
                               structure)
-from agents.state import carries_extensions, put_extensions
+from agents.state import carries_extensions, put_extensions, row_additions
 from agents.records import beliefs_from_scores, prompts_with_context
 from agents.scoring import candidate_logprobs, check_readable, mask_dtype, packed_rows, score_packed, text_nll
 
@@ -50,6 +53,7 @@ class _Slot:
     state: dict = field(default_factory=dict)
     version: int = 0
     solo: Agent | None = None                 # a model of its own (structure changed)
+    adds: dict = field(default_factory=dict)  # module -> its extensions' additions (agents/state.row_additions)
 
 
 # A batch takes the merged-weight path when it has at least this many tokens per run of a
@@ -155,8 +159,8 @@ class PopulationPlacement(Placement):
 
     @staticmethod
     def _row_id(s: _Slot) -> int:
-        """The id its rows carry into the hooks: 0 (the bare base) for an agent with no delta."""
-        return s.id if s.delta else 0
+        """The id its rows carry into the hooks: 0 (the bare base) for an agent with no change."""
+        return s.id if s.delta or s.adds else 0
 
     def persona(self, name: str) -> str:
         return self._slot(name).persona
@@ -188,15 +192,17 @@ class PopulationPlacement(Placement):
             if k not in self.base:
                 raise PlacementError(f"agent {snap.name!r}: its delta changes {k!r}, which this base model does not have")
         old = self.slots.get(snap.name)
-        solo = None
-        if carries_extensions(snap.state):      # it carries modules of its own: its own model
-            solo = Agent(self._bare_model(), self.tokenizer, snap.name, snap.persona, self.device, self.batch_size,
-                         self.base)
-            add_delta(solo.model, snap.delta)
-            solo.state = put_extensions(solo.model, copy.deepcopy(snap.state))
+        solo, adds = None, {}
+        if carries_extensions(snap.state):      # it carries modules of its own
+            adds = row_additions(self.model, snap.state)
+            if adds is None:                    # that have no row form: a model of its own
+                solo, adds = Agent(self._bare_model(), self.tokenizer, snap.name, snap.persona, self.device,
+                                   self.batch_size, self.base), {}
+                add_delta(solo.model, snap.delta)
+                solo.state = put_extensions(solo.model, copy.deepcopy(snap.state))
         self.slots[snap.name] = _Slot(old.id if old else self._next_id, snap.persona,
                                       {} if solo else self._canonical(snap.delta), copy.deepcopy(snap.state),
-                                      old.version + 1 if old else 0, solo)
+                                      old.version + 1 if old else 0, solo, adds)
         if old is None:
             self._next_id += 1
         self._packs = None
@@ -226,7 +232,8 @@ class PopulationPlacement(Placement):
         a = self._scratch
         a.model.load_state_dict(self.base)
         add_delta(a.model, s.delta)
-        a.name, a.persona, a.state = name, s.persona, copy.deepcopy(s.state)
+        a.name, a.persona = name, s.persona
+        a.state = put_extensions(a.model, copy.deepcopy(s.state))   # its modules, when it has some
         a.model.eval()
         return a
 
@@ -242,12 +249,16 @@ class PopulationPlacement(Placement):
         self._packs = None
         if s.solo is not None:
             return
+        ext, adds = {}, {}
         if structure(a.model) != self._structure:
-            s.solo, s.delta, self._scratch = a, {}, None
-            return
-        self._scratch = a                      # learners may replace the model object
+            ext = extensions_of(a.model, name, self.model)
+            adds = row_additions(self.model, ext)
+            if adds is None:                   # modules without a row form: the model is the agent's own
+                s.solo, s.delta, s.adds, self._scratch = a, {}, {}, None
+                return
+        self._scratch = a if not ext else None     # learners may replace the model object
         s.delta = self._kept_delta(name, s, a)
-        s.state = a.state
+        s.state, s.adds = {**a.state, **ext}, adds
 
     def _kept_delta(self, name: str, s: _Slot, a: Agent) -> dict:
         """The agent's delta after the method: its returned update added to the old delta when
@@ -397,6 +408,8 @@ class PopulationPlacement(Placement):
         tables: dict[tuple, torch.Tensor] = {}
         n_ids = self._next_id
         for s in self.slots.values():
+            for mname, fs in s.adds.items():
+                packs.setdefault(mname, {"low": {}, "dense": {}}).setdefault("adds", {})[s.id] = fs
             for k, v in s.delta.items():
                 for mname, pname in (o for kk in self._tied.get(k, [k]) for o in self._owner[kk]):
                     pk = packs.setdefault(mname, {"low": {}, "dense": {}})
@@ -473,8 +486,8 @@ class PopulationPlacement(Placement):
             if not isinstance(out, torch.Tensor) or out.shape[0] != rows.shape[0]:
                 raise PlacementError(f"module {mname!r} ({type(module).__name__}): its output is not one "
                                      "tensor per batch row, so a per-agent change to it cannot be applied here")
+            present = set(rows.tolist()) if pk["dense"] or pk.get("adds") else set()
             if pk["dense"]:
-                present = set(rows.tolist())
                 out = out.clone()
                 for aid, params in pk["dense"].items():
                     if aid not in present:
@@ -487,5 +500,30 @@ class PopulationPlacement(Placement):
                                                    {k: cut(v) for k, v in kwargs.items()})
                     finally:
                         self._in_hook = False
+            if pk.get("adds"):                    # the agents' extensions' additions (MEMOIR's memory)
+                out = self._add_rows(pk["adds"], args[0] if args else next(iter(kwargs.values())),
+                                     out if pk["dense"] else out.clone(), rows, present)
             return out
         return hook
+
+    @staticmethod
+    def _add_rows(adds: dict, x: torch.Tensor, out: torch.Tensor, rows: torch.Tensor, present: set) -> torch.Tensor:
+        """Each present agent's row additions to `out` (in place); a `prepare` the additions
+        share is computed once over all their rows (MEMOIR's features: most of its cost)."""
+        groups: dict[int, tuple] = {}
+        for aid, ras in adds.items():
+            if aid in present:
+                sel = (rows == aid).nonzero()[:, 0]
+                for ra in ras:
+                    groups.setdefault(id(ra.prepare), (ra.prepare, []))[1].append((sel, ra))
+        for prepare, members in groups.values():
+            prepared = None
+            if prepare is not None:
+                prepared = prepare(x[torch.cat([sel for sel, _ in members])])
+                prepared = prepared if isinstance(prepared, tuple) else (prepared,)
+            start = 0
+            for sel, ra in members:
+                part = None if prepared is None else tuple(t[start:start + len(sel)] for t in prepared)
+                start += len(sel)
+                out.index_add_(0, sel, ra.add(x[sel], part).to(out.dtype))
+        return out

@@ -9,6 +9,7 @@ loss. State lives in `agent.state` (a dict), never in a cache keyed by a model o
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -17,19 +18,27 @@ from safetensors.torch import load_file, save_file
 
 CODECS: dict[str, tuple[Callable, Callable]] = {}
 EXTENSIONS: dict[str, tuple[Callable, Callable]] = {}
+ROWS: dict[str, Callable] = {}
 
 
 def register_state(key: str, to_tensors: Callable, from_tensors: Callable) -> None:
     CODECS[key] = (to_tensors, from_tensors)
 
 
-def register_extension(key: str, take: Callable, put: Callable) -> None:
+def register_extension(key: str, take: Callable, put: Callable, rows: Callable | None = None) -> None:
     """A method that adds modules to a model (WISE's side memory) says how its state leaves a
     model and goes back into a plain one: `take(model) -> value or None` (None: not there),
     `put(model, value)`. In a snapshot or a saved dir the value travels as agent state under
     `key` (which needs a codec too), so the agent is base + delta + this state, and every
-    placement, `Agent.save` and `Agent.load` bring it back without a method-specific call."""
+    placement, `Agent.save` and `Agent.load` bring it back without a method-specific call.
+
+    `rows(model, value) -> {module name: RowAddition}` (optional) gives the same change as
+    additions to the outputs of the base model's own modules. With it a population placement
+    scores the agent on its shared base model, row by row beside other agents, instead of on a
+    model of the agent's own."""
     EXTENSIONS[key] = (take, put)
+    if rows is not None:
+        ROWS[key] = rows
 
 
 def _builtins() -> None:
@@ -56,6 +65,30 @@ def put_extensions(model, state: dict) -> dict:
         if k in EXTENSIONS:
             EXTENSIONS[k][1](model, v)
     return {k: v for k, v in state.items() if k not in EXTENSIONS}
+
+
+@dataclass(frozen=True)
+class RowAddition:
+    """What an agent's extension adds to one module's output, for the rows `x` of the module's
+    input that are the agent's: `add(x, prepared)`. `prepare(x)` (optional) computes the
+    tensors (rows first) `add` reads before the agent's own state comes in; additions that hold
+    the same `prepare` object have it computed once per batch, over all their agents' rows."""
+    add: Callable
+    prepare: Callable | None = None
+
+
+def row_additions(model, state: dict) -> dict[str, list[RowAddition]] | None:
+    """Per module name of `model`, the additions the extensions in `state` make to its output;
+    None when one of them has no row form (the agent needs a model of its own)."""
+    _builtins()
+    out: dict[str, list[RowAddition]] = {}
+    for k, v in state.items():
+        if k in EXTENSIONS:
+            if k not in ROWS:
+                return None
+            for mname, add in ROWS[k](model, v).items():
+                out.setdefault(mname, []).append(add)
+    return out
 
 
 def _codec(key: str):

@@ -104,9 +104,9 @@ class VllmPlacement(Placement):
     def servable(self, name: str) -> None:
         """Raises PlacementError (naming the agent and why) if vLLM cannot serve this agent."""
         slot = self.pop._slot(name)
-        if slot.solo is not None:
-            raise PlacementError(f"agent {name!r}: its model's modules changed (a WISE side memory), which a LoRA "
-                                 "adapter cannot hold; use placement kind 'population'")
+        if slot.solo is not None or slot.adds:
+            raise PlacementError(f"agent {name!r}: its model's modules changed (a WISE or MEMOIR side memory), which "
+                                 "a LoRA adapter cannot hold; use placement kind 'population'")
         for k, v in slot.delta.items():
             module = k.rpartition(".")[0]
             if not k.endswith(".weight") or module.rpartition(".")[2] not in self.targets:
@@ -127,7 +127,7 @@ class VllmPlacement(Placement):
 
     def _adapter(self, name: str):
         slot = self.pop._slot(name)
-        if not slot.delta and slot.solo is None:
+        if not slot.delta and slot.solo is None and not slot.adds:
             return None
         key = (name, slot.version)
         if key not in self._adapters:

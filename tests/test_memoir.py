@@ -108,19 +108,58 @@ def test_a_memory_saved_for_another_base_model_is_refused(small_agent, edited, t
         Agent.load(tmp_path / "a")
 
 
-def test_population_placement_keeps_the_memory(small_dir, small_agent, small_world, edited, tmp_path):
+def test_population_placement_scores_the_memory_on_its_shared_model(small_dir, small_agent, small_world, edited,
+                                                                     tmp_path):
+    """A MEMOIR agent is no model of its own in the population placement: its memory is added
+    to its rows of the shared base model, batched with other agents' rows, and it answers,
+    generates and reads texts as the same agent in process does."""
+    from agents.placement import Ask
     from agents.population import PopulationPlacement
-    agent, reqs, _, _ = edited
+    from tests.test_placement import assert_same
+    _, reqs, _, _ = edited
     pop = PopulationPlacement.from_dir(small_dir)
-    h = pop.spawn("m")
+    h, _, rome = pop.spawn("m"), pop.spawn("plain"), pop.spawn("rome")
     pop.edit("m", reqs[:2], "memoir", world=small_world)
+    pop.spawn("m2").edit(reqs[4:5], method="memoir", world=small_world)
+    rome.edit(reqs[2:3], method="rome", world=small_world)
     ref = small_agent.spawn("ref")
     ref.edit(reqs[:2], method="memoir", world=small_world)
-    qs = [r.query(small_world) for r in reqs[:2]] + small_world.queries()[:6]
-    assert [b.answer for b in h.beliefs(qs)] == [b.answer for b in ref.beliefs(qs)]
+    ref2 = small_agent.spawn("ref 2")
+    ref2.edit(reqs[4:5], method="memoir", world=small_world)
+    ref_rome = small_agent.spawn("ref rome")
+    ref_rome.edit(reqs[2:3], method="rome", world=small_world)
+    slot = pop.slots["m"]
+    assert slot.solo is None and slot.delta == {} and list(slot.adds) == ["model.layers.0.mlp.down_proj"]
+    held = slot.adds["model.layers.0.mlp.down_proj"][0].add.__self__     # only the columns its masks read
+    assert held.memory.shape[1] <= 2 * held.k
+    with pytest.raises(RuntimeError, match="compacted"):
+        held.state()
+    # the two memories' features are computed once for both agents' rows
+    assert slot.adds["model.layers.0.mlp.down_proj"][0].prepare is \
+        pop.slots["m2"].adds["model.layers.0.mlp.down_proj"][0].prepare
+    qs = [r.query(small_world, f) for r in reqs[:5] for f in ("question", "heldout:0")] + small_world.queries()[:6]
+    got = pop.beliefs_many([Ask(n, qs) for n in ("m", "plain", "rome", "m2")])      # one round, rows mixed
+    assert_same(got[0], ref.beliefs(qs))
+    assert_same(got[1], small_agent.beliefs(qs))
+    assert_same(got[2], ref_rome.beliefs(qs))
+    assert_same(got[3], ref2.beliefs(qs))
+    assert got[0][0].answer == reqs[0].target != got[1][0].answer             # the memory is read there
+    prompts = [r.prompt for r in reqs[:3]]
+    assert pop.generate_many([("m", prompts), ("plain", prompts)], 6) == [ref.generate(prompts, 6),
+                                                                            small_agent.generate(prompts, 6)]
+    texts = [f"{r.prompt} {r.target}" for r in reqs[:3]]
+    (nll, n), = pop.nll_many([("m", texts)])
+    ref_nll, ref_n = ref.nll(texts)
+    assert n == ref_n and abs(nll - ref_nll) < 1e-4 * max(1.0, abs(ref_nll))
+    # a weight edit on top keeps the memory; save, load and restore bring both back
+    h.edit(reqs[3:4], method="rome", world=small_world)
+    ref.edit(reqs[3:4], method="rome", world=small_world)
+    assert pop.slots["m"].solo is None and pop.slots["m"].delta and pop.slots["m"].adds
+    qs = qs + [reqs[3].query(small_world)]
+    assert_same(h.beliefs(qs), ref.beliefs(qs))
     pop.save("m", tmp_path / "m")
-    assert [b.answer for b in PopulationPlacement.from_dir(small_dir).load(tmp_path / "m").beliefs(qs)] == \
-        [b.answer for b in ref.beliefs(qs)]
+    assert_same(PopulationPlacement.from_dir(small_dir).load(tmp_path / "m").beliefs(qs), ref.beliefs(qs))
+    assert_same(pop.restore(pop.snapshot("m")).beliefs(qs), ref.beliefs(qs))
 
 
 def test_failed_edit_leaves_the_memory_as_it_was(small_world, edited, monkeypatch):

@@ -18,6 +18,7 @@ edits from overwriting one another on a 256-wide MLP.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 
@@ -25,8 +26,9 @@ import torch
 
 from agents.hparams import is_int, is_number
 from agents.methods import register_editor
-from agents.state import register_extension, register_state
-from evolution.editors.memoir.memory import STRUCTURE, RoutedMemory, check_base, install, memory_of, uninstall
+from agents.state import RowAddition, register_extension, register_state
+from evolution.editors.memoir.memory import (STRUCTURE, FixedPart, RoutedMemory, check_base, install, memory_of,
+                                            uninstall)
 from evolution.editors.requests import EditError, EditReport, EditRequest, joint_requests, validate_requests
 from evolution.editors.rome.compute_u import context_prefixes, prompt_forms, rewrite_texts
 from evolution.editors.rome.compute_v import neutral_prompts, optimize_deltas
@@ -212,6 +214,42 @@ def put_memory(model, value: dict) -> RoutedMemory:
     return mem
 
 
+def memory_rows(model, value: dict) -> dict:
+    """The memory as an addition to the output of `model`'s own projection at its layer (the
+    row form a population placement applies per agent); an error when it was made on another
+    base model."""
+    from agents.architectures import layout_of
+    try:
+        check_base(model, value["layer"], value["sketch"], "memoir memory")
+    except ValueError as e:
+        raise EditError(str(e)) from None
+    lay = layout_of(model)
+    main = lay.mlp_out_of(lay.layers(model)[value["layer"]])
+    if isinstance(main, RoutedMemory):
+        raise EditError("memoir memory: this model holds a memory of its own; add a memory's rows to a base model")
+    mem = RoutedMemory(main, value["layer"], value["width"], value["k"], value["threshold"], value["seed"],
+                       lay.transposed, value["center"], value["whiten"])
+    mem.restore(value)
+    mem.compact()
+    fixed = shared_fixed_part(mem)
+    mem.center, mem.whiten = fixed.center, fixed.whiten       # one copy of the statistics
+    return {next(n for n, m in model.named_modules() if m is main): RowAddition(mem.added, fixed)}
+
+
+_FIXED: dict[tuple, FixedPart] = {}
+
+
+def shared_fixed_part(mem: RoutedMemory) -> FixedPart:
+    """One FixedPart for every memory with the same statistics, expansion and mask size (the
+    memories of agents edited on one base model and world), so a population computes their
+    rows' features together."""
+    digest = hashlib.sha1(mem.center.cpu().numpy().tobytes() + mem.whiten.cpu().numpy().tobytes()).hexdigest()
+    key = (mem.width, mem.d_ff, mem.seed, mem.k, str(mem.center.device), mem.center.dtype, digest)
+    if key not in _FIXED:
+        _FIXED[key] = mem.fixed()
+    return _FIXED[key]
+
+
 def _to_tensors(value: dict):
     meta = {k: value[k] for k in ("subjects", "layer", "width", "k", "threshold", "seed")}
     meta["facts"] = [[list(f) for f in fs] for fs in value["facts"]]
@@ -224,6 +262,6 @@ def _from_tensors(tensors: dict, meta: dict) -> dict:
 
 
 register_state(KEY, _to_tensors, _from_tensors)
-register_extension(KEY, take_memory, put_memory)
+register_extension(KEY, take_memory, put_memory, memory_rows)
 
 __all__ = ["MEMOIRHyperParams", "memoir", "STRUCTURE"]

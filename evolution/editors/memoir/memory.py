@@ -27,12 +27,39 @@ the memory travels as agent state (editor.py registers it as an extension).
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from agents.architectures import layout_of, out_in, plain_projection
+
+
+def key_features(a: torch.Tensor, center: torch.Tensor, whiten: torch.Tensor, expand: torch.Tensor | None) -> torch.Tensor:
+    k = (a - center.to(a.dtype)) @ whiten.to(a.dtype)
+    return k if expand is None else k @ expand.to(a.dtype).T
+
+
+def tophash(f: torch.Tensor, perm: torch.Tensor, k: int) -> torch.Tensor:
+    """TopHash: the k largest |f| entries, sent through the permutation: (..., k) indices."""
+    return perm[f.abs().topk(k, dim=-1).indices]
+
+
+@dataclass(eq=False)
+class FixedPart:
+    """What a memory computes of an input before it reads any stored edit: the features and
+    their TopHash mask. Memories made on one base model with the same key statistics share
+    it, so a population computes it once per batch for all their agents' rows (editor.py)."""
+    center: torch.Tensor
+    whiten: torch.Tensor
+    expand: torch.Tensor | None
+    perm: torch.Tensor
+    k: int
+
+    def __call__(self, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = key_features(a, self.center, self.whiten, self.expand)
+        return f, tophash(f, self.perm, self.k)
 
 
 class RoutedMemory(nn.Module):
@@ -45,10 +72,9 @@ class RoutedMemory(nn.Module):
         self.layer, self.d_ff, self.d_out = layer, d_ff, d_out
         self.width, self.k, self.threshold, self.seed = width, k, threshold, seed
         dev, dt = main.weight.device, main.weight.dtype
-        g = torch.Generator().manual_seed(seed)
-        expand = torch.randn(width, self.d_ff, generator=g) / self.d_ff ** 0.5 if width != self.d_ff else None
-        self.register_buffer("expand", None if expand is None else expand.to(dev, dt), persistent=False)
-        self.register_buffer("perm", torch.randperm(width, generator=g).to(dev), persistent=False)
+        expand, perm = expansion(width, self.d_ff, seed, dev, dt)
+        self.register_buffer("expand", expand, persistent=False)
+        self.register_buffer("perm", perm, persistent=False)
         self.register_buffer("center", center.to(dev, dt), persistent=False)
         self.register_buffer("whiten", whiten.to(dev, dt), persistent=False)
         self.register_buffer("memory", torch.zeros(self.d_out, width, device=dev, dtype=dt), persistent=False)
@@ -62,6 +88,7 @@ class RoutedMemory(nn.Module):
         self.enabled = True
         self.sketch: torch.Tensor | None = None  # W @ r at install: which base model this memory belongs to
         self.last_routes: torch.Tensor | None = None   # per token of the last forward: key index, -1 none
+        self.column_of: torch.Tensor | None = None     # compact(): the memory column of each feature
 
     def __getstate__(self):
         """Copies (spawn's deepcopy, pickling to a Ray actor) rebuild the sparse mask cache:
@@ -72,12 +99,13 @@ class RoutedMemory(nn.Module):
 
     # -- features and masks ----------------------------------------------------------------
     def features(self, a: torch.Tensor) -> torch.Tensor:
-        k = (a - self.center.to(a.dtype)) @ self.whiten.to(a.dtype)
-        return k if self.expand is None else k @ self.expand.to(a.dtype).T
+        return key_features(a, self.center, self.whiten, self.expand)
 
     def mask_index(self, f: torch.Tensor) -> torch.Tensor:
-        """TopHash: the k largest |f| entries, sent through the permutation: (..., k) indices."""
-        return self.perm[f.abs().topk(self.k, dim=-1).indices]
+        return tophash(f, self.perm, self.k)
+
+    def fixed(self) -> "FixedPart":
+        return FixedPart(self.center, self.whiten, self.expand, self.perm, self.k)
 
     @property
     def n_keys(self) -> int:
@@ -110,24 +138,36 @@ class RoutedMemory(nn.Module):
         if not self.enabled or self.n_keys == 0:
             self.last_routes = None
             return out
-        f = self.features(a)
-        m = torch.zeros(f.shape, device=f.device).scatter_(-1, self.mask_index(f), 1.0)
+        add, self.last_routes = self.routed(a)
+        return out + add
+
+    def routed(self, a: torch.Tensor, prepared: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """What the memory adds to the projection's output for the input `a` (zero for a token
+        that matches no stored edit's mask), and per token the key it read (-1: none).
+        `prepared`: `a`'s features and mask (FixedPart), when computed already."""
+        f, mask = prepared if prepared is not None else self.fixed()(a)
+        m = torch.zeros(f.shape, device=f.device).scatter_(-1, mask, 1.0)
         overlap = (self.masks() @ m.reshape(-1, self.width).T).T.reshape(*f.shape[:-1], -1) / self.k  # (..., keys)
         best, idx = overlap.max(-1)
         fire = best >= self.threshold
-        self.last_routes = torch.where(fire, idx, torch.full_like(idx, -1))
+        add = torch.zeros(*a.shape[:-1], self.d_out, device=a.device, dtype=a.dtype)
         if fire.any():
             cols = self.index[idx[fire]]                                     # (fired, k)
             read = f[fire].gather(-1, cols)
-            w = self.memory.to(f.dtype)[:, cols].permute(1, 0, 2)            # (fired, d_out, k)
-            out = out.clone()
-            out[fire] = out[fire] + (w @ read[..., None])[..., 0]
-        return out
+            at = cols if self.column_of is None else self.column_of[cols]
+            w = self.memory.to(f.dtype)[:, at].permute(1, 0, 2)              # (fired, d_out, k)
+            add[fire] = (w @ read[..., None])[..., 0].to(a.dtype)
+        return add, torch.where(fire, idx, torch.full_like(idx, -1))
+
+    def added(self, a: torch.Tensor, prepared: tuple | None = None) -> torch.Tensor:
+        """The memory's addition alone: its row form for a population placement (editor.py)."""
+        return self.routed(a, prepared)[0]
 
     # -- writing ---------------------------------------------------------------------------
     def solve(self, ridge: float) -> dict:
         """W_m = V^T (K K^T + lambda I)^-1 K: the least-change memory mapping every stored key
         (its masked features) to its value; lambda = ridge x the keys' mean squared norm."""
+        self._check_full()
         K, V = self.key_rows().double(), self.values.double()
         gram = K @ K.T
         lam = ridge * float(gram.diagonal().mean())
@@ -138,6 +178,7 @@ class RoutedMemory(nn.Module):
 
     def put_key(self, subject: str, facts: list[tuple], key: torch.Tensor, value: torch.Tensor) -> int:
         """Store (or replace) `subject`'s key (its mask and features there) and value."""
+        self._check_full()
         f = self.features(key.to(self.memory.dtype)[None])[0]
         index = self.mask_index(f)
         read = f[index].float()
@@ -154,8 +195,22 @@ class RoutedMemory(nn.Module):
         self.facts.append(facts)
         return self.n_keys - 1
 
+    def _check_full(self) -> None:
+        if self.column_of is not None:
+            raise RuntimeError("memoir: this memory was compacted for reading (a population's row form); "
+                               "write and save the agent's own memory (agents.state) instead")
+
+    def compact(self) -> None:
+        """Keep only the memory columns some stored mask reads (one key: k of `width`), for a
+        memory that is read and not written again (a population's row form, editor.py)."""
+        used = self.index.unique()
+        self.column_of = torch.full((self.width,), -1, dtype=torch.long, device=used.device)
+        self.column_of[used] = torch.arange(len(used), device=used.device)
+        self.memory = self.memory[:, used].clone()
+
     # -- state (rollback, saving) ---------------------------------------------------------
     def state(self) -> dict:
+        self._check_full()
         return {"memory": self.memory.clone(), "index": self.index.clone(), "read": self.read.clone(),
                 "values": self.values.clone(), "center": self.center.clone(), "whiten": self.whiten.clone(),
                 "subjects": list(self.subjects),
@@ -165,6 +220,7 @@ class RoutedMemory(nn.Module):
 
     def restore(self, st: dict) -> None:
         dev = self.memory.device
+        self.column_of = None
         self.memory = st["memory"].to(dev, self.memory.dtype).clone()
         self.index = st["index"].to(dev, torch.long).clone()
         self.read = st["read"].to(dev, torch.float32).clone()
@@ -177,6 +233,22 @@ class RoutedMemory(nn.Module):
 
 
 # -- installing ----------------------------------------------------------------------------
+_EXPANSIONS: dict[tuple, tuple[torch.Tensor | None, torch.Tensor]] = {}
+
+
+def expansion(width: int, d_ff: int, seed: int, device, dtype) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """The fixed random expansion (None when width == d_ff) and permutation of a memory's
+    structure. Shared by every memory of that structure on a device: a population of MEMOIR
+    agents holds one (4,096 x 256 floats, 4 MB, on the default model), not one per agent."""
+    key = (width, d_ff, seed, str(device), dtype)
+    if key not in _EXPANSIONS:
+        g = torch.Generator().manual_seed(seed)
+        expand = torch.randn(width, d_ff, generator=g) / d_ff ** 0.5 if width != d_ff else None
+        perm = torch.randperm(width, generator=g)
+        _EXPANSIONS[key] = (None if expand is None else expand.to(device, dtype), perm.to(device))
+    return _EXPANSIONS[key]
+
+
 STRUCTURE = ("layer", "width", "k", "seed")   # fixed once a model has a memory
 
 
