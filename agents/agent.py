@@ -15,7 +15,7 @@ import torch
 from agents.checkpoint import load_model_dir
 from agents.delta import take_update
 from agents.records import Belief, beliefs_from_scores, prompts_with_context
-from agents.scoring import candidate_logprobs, check_readable, text_nll
+from agents.scoring import candidate_logprobs, check_readable, greedy_continuations, text_nll
 from agents.state import load_state, put_extensions, save_state, take_extensions
 from envs.facts import Query
 
@@ -72,15 +72,9 @@ class Agent:
 
     @torch.inference_mode()
     def generate(self, prompts: list[str], max_new_tokens: int = 12) -> list[str]:
-        """Greedy continuations (text after the prompt)."""
-        tok = self.tokenizer
-        outs = []
-        for p in prompts:
-            enc = tok(p, return_tensors="pt").to(self.device)
-            ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                      pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-            outs.append(tok.decode(ids[0, enc.input_ids.shape[1]:], skip_special_tokens=True))
-        return outs
+        """Greedy continuations (text after the prompt), `batch_size` prompts per call."""
+        gen = lambda idx, **enc: self.model.generate(**enc)
+        return greedy_continuations(gen, self.tokenizer, list(prompts), max_new_tokens, self.batch_size, self.device)
 
     # -- changing this agent ----------------------------------------------------------------
     def edit(self, requests, method: str, **hparams):

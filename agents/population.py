@@ -42,7 +42,8 @@ from agents.placement import (Ask, Handle, Placement, PlacementError, _check_new
                               structure)
 from agents.state import carries_extensions, put_extensions, row_additions
 from agents.records import beliefs_from_scores, prompts_with_context
-from agents.scoring import candidate_logprobs, check_readable, mask_dtype, packed_rows, score_packed, text_nll
+from agents.scoring import (candidate_logprobs, check_readable, greedy_continuations, mask_dtype, packed_rows,
+                            score_packed, text_nll)
 
 
 @dataclass
@@ -342,7 +343,6 @@ class PopulationPlacement(Placement):
     def generate_many(self, asks: list[tuple[str, list[str]]], max_new_tokens: int = 12) -> list[list[str]]:
         """Greedy continuations of every agent's prompts, `batch_size` rows per `generate` call
         (left-padded), each row with its agent's delta."""
-        tok = self.tokenizer
         out = [[""] * len(prompts) for _, prompts in asks]
         rows = []
         for i, (name, prompts) in enumerate(asks):
@@ -351,19 +351,15 @@ class PopulationPlacement(Placement):
                 out[i] = s.solo.generate(prompts, max_new_tokens)
                 continue
             rows += [(i, j, self._row_id(s), p) for j, p in enumerate(prompts)]
-        side = tok.padding_side
-        tok.padding_side = "left"
-        try:
-            for k in range(0, len(rows), self.batch_size):
-                chunk = rows[k:k + self.batch_size]
-                enc = tok([p for *_, p in chunk], return_tensors="pt", padding=True).to(self.device)
-                with torch.inference_mode(), self._rows_of(torch.tensor([r for _, _, r, _ in chunk])):
-                    ids = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                              pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
-                for (i, j, _, _), seq in zip(chunk, ids[:, enc.input_ids.shape[1]:]):
-                    out[i][j] = tok.decode(seq, skip_special_tokens=True)
-        finally:
-            tok.padding_side = side
+        ids = torch.tensor([r for _, _, r, _ in rows], dtype=torch.long)
+
+        def generate(idx, **enc):
+            with torch.inference_mode(), self._rows_of(ids[idx]):
+                return self.model.generate(**enc)
+        texts = greedy_continuations(generate, self.tokenizer, [p for *_, p in rows], max_new_tokens,
+                                     self.batch_size, self.device)
+        for (i, j, _, _), t in zip(rows, texts):
+            out[i][j] = t
         return out
 
     def nll_many(self, asks: list[tuple[str, list[str]]], batch_size: int = 32) -> list[tuple[float, int]]:

@@ -246,6 +246,29 @@ def text_nll(forward: Callable, tokenizer, texts: list[str], batch_size: int, de
     return total, count
 
 
+def greedy_continuations(generate: Callable, tokenizer, prompts: list[str], max_new_tokens: int,
+                         batch_size: int, device) -> list[str]:
+    """Greedy continuations (the text after each prompt), `batch_size` prompts per
+    `generate(idx, **encoding)` call, left-padded (`generate` turns the mask into positions).
+    Prompts are batched by length, so a batch pads little."""
+    out = [""] * len(prompts)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i].split()))
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        for k in range(0, len(order), batch_size):
+            idx = order[k:k + batch_size]
+            enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True).to(device)
+            ids = generate(idx, input_ids=enc.input_ids, attention_mask=enc.attention_mask,
+                           max_new_tokens=max_new_tokens, do_sample=False,
+                           pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+            for i, seq in zip(idx, ids[:, enc.input_ids.shape[1]:]):
+                out[i] = tokenizer.decode(seq, skip_special_tokens=True)
+    finally:
+        tokenizer.padding_side = side
+    return out
+
+
 def unique_asks(prompts: list[str], candidates: list[tuple[str, ...]]):
     """(distinct (prompt, candidates) pairs, index of each ask's pair)."""
     seen: dict[tuple, int] = {}

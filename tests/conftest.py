@@ -7,6 +7,7 @@ a missing vllm is a failure, not a skip.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -38,6 +39,26 @@ def turning_nan(real, after: int = 2):
         out = real(*a, **kw)
         return out * float("nan") if len(calls) > after else out
     return fn, calls
+
+
+def cached_dir(name: str, key: dict, build) -> Path:
+    """A model dir trained by `build(dir)` once and kept in the model cache under `name` and a
+    hash of `key` (what the training depends on), as `pretrained_dir` keeps the default's; the
+    first run builds it. A dir left half-written by an interrupted run is rebuilt."""
+    import hashlib
+    import json
+    import shutil
+
+    from agents.pretrain import FORMAT_VERSION, cache_root
+    blob = json.dumps({"v": FORMAT_VERSION, **key}, sort_keys=True, default=str)
+    cached = cache_root() / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    if not (cached / "model.safetensors").exists():
+        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        build(tmp)
+        if cached.exists():
+            shutil.rmtree(cached)
+        tmp.replace(cached)
+    return cached
 
 
 def small_config(**kw) -> PretrainConfig:

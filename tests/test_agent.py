@@ -52,6 +52,22 @@ def test_context_is_placed_before_the_question(small_agent, small_world):
         small_agent.beliefs([q], context=["a", "b"])
 
 
+def test_batched_generation_is_each_prompt_generated_alone(small_agent, small_world):
+    """Prompts of different lengths share left-padded batches; each continuation is the one
+    the prompt gets alone (no padding)."""
+    people = [x for x in small_world.people if x.taught][:6]
+    prompts = [small_world.query(p.name, r).prompt for p in people for r in ("company", "birth_date")]
+    prompts += ["agent 3 says : " + prompts[0], prompts[1] + " " + prompts[2]]
+    enc = small_agent.tokenizer(prompts, padding=True)
+    assert len({sum(m) for m in enc["attention_mask"]}) >= 3          # the batches are padded
+    small_agent.batch_size = 5
+    try:
+        batched = small_agent.generate(prompts, max_new_tokens=6)
+    finally:
+        small_agent.batch_size = 32
+    assert batched == [small_agent.generate([p], max_new_tokens=6)[0] for p in prompts]
+
+
 def test_generate_returns_text(small_agent, small_world):
     p = next(x for x in small_world.people if x.taught and x.qa_in_training)
     q = small_world.query(p.name, "company")

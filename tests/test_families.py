@@ -1,6 +1,7 @@
 """Every method on every supported architecture family (agents/architectures.py), without a
 download: a tiny model of the family is instantiated from its config with the default world's
-word-level tokenizer and pretrained on that world for a few hundred steps (~30 s), then every
+word-level tokenizer and pretrained on that world for a few hundred steps (~60 s; cached by
+family and world like the other test models), then every
 editor and learner runs on it, a ROME edit reaches its target, the population placement scores
 it as the local agent does, and its exported adapter loads with peft. Qwen2 (Llama's layout),
 GPT-2 (Conv1D weights, learned positions) and GPT-NeoX (biases, other names) run by default;
@@ -22,6 +23,22 @@ def make_family(family: str):
     return partial(tiny_model, family)
 
 
+def family_dir(family: str, world):
+    """The tiny `family` model pretrained on `world` (400 steps), cached like the other test
+    models (tests/conftest.cached_dir)."""
+    import transformers
+
+    from agents.pretrain import PretrainConfig, save_model_dir, train
+    from tests.conftest import cached_dir
+
+    def build(d):
+        model, tok, _, _ = train(PretrainConfig.from_dict({"people": len(world.people), "steps": 400}), world=world,
+                                 progress=False, make_model=make_family(family))
+        save_model_dir(d, model, tok, world)
+    return cached_dir(f"family-{family}", {"world": world.to_dict(), "steps": 400,
+                                           "transformers": transformers.__version__}, build)
+
+
 def _check_family(family: str, small_world, tmp_path, monkeypatch):
     from agents.adapters import export_adapter
     from agents.agent import Agent
@@ -29,16 +46,16 @@ def _check_family(family: str, small_world, tmp_path, monkeypatch):
     from agents import population
     from agents.placement import Ask
     from agents.placement_kinds import make_placement
-    from agents.pretrain import PretrainConfig, save_model_dir, train
     from evolution.editors.requests import counterfactual_requests
     world = small_world
-    model, tok, _, _ = train(PretrainConfig.from_dict({"people": len(world.people), "steps": 400}), world=world,
-                             progress=False, make_model=make_family(family))
-    d = save_model_dir(tmp_path / family, model, tok, world)
+    d = family_dir(family, world)
     agent = Agent.from_dir(d)
     assert agent.model.config.model_type == family
     known = world.queries(subjects=[p.name for p in world.people if p.taught][:20])
     assert sum(b.correct for b in agent.beliefs(known)) / len(known) >= 0.8
+    # batched generation (left-padded; GPT-2's learned positions from the mask) is each prompt alone
+    prompts = [q.prompt for q in known[:4]] + ["agent 2 says : " + known[5].prompt]
+    assert agent.generate(prompts, 5) == [agent.generate([p], 5)[0] for p in prompts]
     reqs = [r for r in counterfactual_requests(world, 12, seed=0, agent=agent)
             if agent.beliefs([world.query(r.subject, r.relation)])[0].correct][:3]
     assert len(reqs) == 3

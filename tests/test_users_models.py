@@ -102,13 +102,17 @@ def counterfact(tmp_path_factory):
 
     from agents.pretrain import PretrainConfig, save_model_dir, train
     from envs.counterfact import load_counterfact
+    from tests.conftest import cached_dir
     d = tmp_path_factory.mktemp("cf")
     (d / "cf.json").write_text(json.dumps(counterfact_records()))
     world = load_counterfact(d / "cf.json")
-    model, tok, world, _ = train(PretrainConfig.from_dict(dict(people=len(world.people), steps=300, qa_mode="none")),
-                                 world=world, progress=False)
-    save_model_dir(d / "model", model, tok, world)
-    return world, d / "model"
+    cfg = PretrainConfig.from_dict(dict(people=len(world.people), steps=300, qa_mode="none"))
+
+    def build(out):
+        model, tok, trained, _ = train(cfg, world=world, progress=False)
+        save_model_dir(out, model, tok, trained)
+    model_dir = cached_dir("counterfact", {"records": counterfact_records(), "config": cfg.key()}, build)
+    return World.load(model_dir / "world.json"), model_dir
 
 
 def test_a_counterfact_world_loads_with_subjects_of_one_relation(counterfact):

@@ -97,6 +97,46 @@ def test_generate_reads_the_side_memory(edited):
     assert out.strip().startswith(reqs[0].target)
 
 
+def _routes(agent, prompts: list[str]) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """(each prompt's routes alone, the left-padded batch's routes, its attention mask)."""
+    tok, mem = agent.tokenizer, side_memory_of(agent.model)
+    alone = []
+    with torch.no_grad():
+        for p in prompts:
+            agent.model(**tok([p], return_tensors="pt"))
+            alone.append(mem.last_routes[0])
+        tok.padding_side = "left"
+        try:
+            enc = tok(prompts, return_tensors="pt", padding=True)
+        finally:
+            tok.padding_side = "right"
+        agent.model(**enc)
+    return alone, mem.last_routes, enc.attention_mask.bool()
+
+
+def test_left_padded_rows_route_as_they_do_alone(small_world, edited):
+    """Batched generation left-pads its prompts: padding and each row's first token are not
+    scored, so a row routes (and generates) as it does alone. With every threshold near 0
+    (any scored token opens the gate) a scored pad or <s> would open it early."""
+    agent, reqs, _, _ = edited
+    others = [small_world.query(p.name, "major").prompt for p in small_world.people[:3]]
+    prompts = [r.prompt for r in reqs] + others + ["agent 1 says : " + reqs[0].prompt]
+    mem = side_memory_of(agent.model)
+    kept = mem.thresholds.clone()
+    for thresholds in (kept, torch.full_like(kept, 1e-6)):
+        mem.thresholds = thresholds
+        try:
+            alone, batch, mask = _routes(agent, prompts)
+        finally:
+            mem.thresholds = kept
+        assert batch.shape[1] > min(len(r) for r in alone)              # some rows are padded
+        for row, (routes, m) in enumerate(zip(batch, mask)):
+            assert (routes[~m] == -1).all()
+            assert torch.equal(routes[m], alone[row])
+        assert any((r >= 0).any() for r in alone)                      # some rows do read a side memory
+    assert agent.generate(prompts, max_new_tokens=4) == [agent.generate([p], max_new_tokens=4)[0] for p in prompts]
+
+
 def test_failed_edit_rolls_back_the_side_memory(small_world, edited, monkeypatch):
     import evolution.editors.wise.editor as ed
     agent, reqs, _, _ = edited

@@ -20,7 +20,8 @@ running maximum of its score passes k's threshold (the running maximum keeps the
 causal: padding after a row, or candidate tokens after a prompt, never change the answer
 read at the prompt), choosing among several passing shards the one furthest over its
 threshold; every other row and token reads the untouched main memory. A sequence's first
-token (<s>) is never scored.
+token (<s>) is never scored, nor a left-padded row's padding (batched generation): a padded
+row routes as it does alone.
 
 The main weight stays the model's own Parameter under its own state-dict key, and side
 memories are non-persistent buffers, so `agent.delta()` and `save_pretrained` see the main
@@ -71,6 +72,7 @@ class SideMemoryLinear(nn.Module):
         self.last_scores: torch.Tensor | None = None
         self.last_routes: torch.Tensor | None = None  # per token: side index used, -1 main
         self.carry: torch.Tensor | None = None        # running max scores at the last token (generation)
+        self.unscored: torch.Tensor | None = None     # (B, T) tokens the gate skips: padding, each row's first
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -128,8 +130,12 @@ class SideMemoryLinear(nn.Module):
         scores = self.scores(x, keys)                                      # (K, B, T)
         if self.carry is None:
             # A sequence's first token (<s>) is the same in every text: it carries nothing to
-            # route on, and scoring it let one shared token open the gate for every row.
-            scores[:, :, 0] = 0.0
+            # route on, and scoring it let one shared token open the gate for every row. A
+            # left-padded row (batched generation) starts later, and its padding is never scored.
+            if self.unscored is not None and self.unscored.shape == scores.shape[1:]:
+                scores[:, self.unscored] = 0.0
+            else:
+                scores[:, :, 0] = 0.0
         running = torch.cummax(scores, dim=2).values
         if self.carry is not None and self.carry.shape == running.shape[:2]:
             running = torch.maximum(running, self.carry[..., None])
@@ -197,6 +203,13 @@ def _reset_carry(model, args, kwargs):
     pkv = kwargs.get("past_key_values")
     if pkv is None or (hasattr(pkv, "get_seq_length") and pkv.get_seq_length() == 0):
         mem.carry = None
+        mem.unscored = None
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.dim() == 2 and not bool(mask.all()):
+            # left padding: each row's padding and its first real token are not scored
+            real = mask.bool()
+            first = real & (real.long().cumsum(1) == 1)
+            mem.unscored = ~real | first
     return None
 
 
