@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -211,19 +212,28 @@ def save_model_dir(out: str | Path, model, tokenizer, world: World, cfg: Pretrai
     return out
 
 
+def built_once(cached: Path, build: Callable[[Path], None]) -> Path:
+    """`cached`, a model dir `build(dir)` writes the first time it is asked for: written to a
+    temporary name, then renamed, so a dir left half-written by an interrupted run is rebuilt."""
+    if not (cached / "model.safetensors").exists():
+        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
+        build(tmp)
+        if cached.exists():  # a partial dir left by an interrupted run
+            shutil.rmtree(cached)
+        tmp.replace(cached)
+    return cached
+
+
 def pretrained_dir(cfg: PretrainConfig | None = None, out: str | Path | None = None,
                    progress: bool = True, device: str | None = None) -> Path:
     """The model dir for `cfg`: from the cache if it was trained before, else trained now.
     With `out`, the result is (also) written there."""
     cfg = cfg or PretrainConfig()
-    cached = cache_root() / cfg.key()
-    if not (cached / "model.safetensors").exists():
+
+    def build(tmp: Path) -> None:
         model, tok, world, report = train(cfg, device=device, progress=progress)
-        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
         save_model_dir(tmp, model, tok, world, cfg, report)
-        if cached.exists():  # a partial dir left by an interrupted run
-            shutil.rmtree(cached)
-        tmp.replace(cached)
+    cached = built_once(cache_root() / cfg.key(), build)
     if out is None:
         return cached
     out = Path(out)

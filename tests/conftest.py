@@ -43,22 +43,13 @@ def turning_nan(real, after: int = 2):
 
 def cached_dir(name: str, key: dict, build) -> Path:
     """A model dir trained by `build(dir)` once and kept in the model cache under `name` and a
-    hash of `key` (what the training depends on), as `pretrained_dir` keeps the default's; the
-    first run builds it. A dir left half-written by an interrupted run is rebuilt."""
+    hash of `key` (what the training depends on), as `pretrained_dir` keeps the default's."""
     import hashlib
     import json
-    import shutil
 
-    from agents.pretrain import FORMAT_VERSION, cache_root
+    from agents.pretrain import FORMAT_VERSION, built_once, cache_root
     blob = json.dumps({"v": FORMAT_VERSION, **key}, sort_keys=True, default=str)
-    cached = cache_root() / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
-    if not (cached / "model.safetensors").exists():
-        tmp = cached.with_name(cached.name + f".tmp{os.getpid()}")
-        build(tmp)
-        if cached.exists():
-            shutil.rmtree(cached)
-        tmp.replace(cached)
-    return cached
+    return built_once(cache_root() / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}", build)
 
 
 def small_config(**kw) -> PretrainConfig:

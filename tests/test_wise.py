@@ -105,11 +105,11 @@ def _routes(agent, prompts: list[str]) -> tuple[list[torch.Tensor], torch.Tensor
         for p in prompts:
             agent.model(**tok([p], return_tensors="pt"))
             alone.append(mem.last_routes[0])
-        tok.padding_side = "left"
+        side, tok.padding_side = tok.padding_side, "left"
         try:
             enc = tok(prompts, return_tensors="pt", padding=True)
         finally:
-            tok.padding_side = "right"
+            tok.padding_side = side
         agent.model(**enc)
     return alone, mem.last_routes, enc.attention_mask.bool()
 
