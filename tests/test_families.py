@@ -13,6 +13,12 @@ import torch
 
 FAST = ["qwen2", "gpt2", "gpt_neox"]
 SLOW = ["llama", "mistral", "gptj", "phi"]
+# the value search of ROME, MEMIT and MEMOIR for 80 Adam steps, not 150: on these tiny models
+# the target NLL stalls at the norm clamp before 80 (ROME's three edits on gpt2: .90 / .22 / .19
+# after 80, .90 / .21 / .20 after 150; every family and editor landed as many edits at 80 as
+# at 150, MEMIT on gpt2 2 of 3 both times, but 1 of 3 at 50), and the search was two thirds
+# of this test's time
+VALUE_STEPS = {"v_steps": 80}
 
 
 def make_family(family: str):
@@ -62,7 +68,7 @@ def _check_family(family: str, small_world, tmp_path, monkeypatch):
     landed = {}
     for method in ("rome", "memit", "ft_l", "wise", "memoir"):
         a = agent.spawn(method)
-        a.edit(reqs, method=method, world=world)
+        a.edit(reqs, method=method, world=world, **({} if method in ("ft_l", "wise") else VALUE_STEPS))
         if method in ("rome", "memit", "ft_l"):      # the update they return is the change they made
             assert mismatch(a.model.state_dict(), a.base, a.last_update) is None
         landed[method] = sum(a.beliefs([r.query(world)])[0].answer == r.target for r in reqs)
@@ -78,17 +84,17 @@ def _check_family(family: str, small_world, tmp_path, monkeypatch):
             uninstall(back.model)
             assert type(down_proj(back.model, 0)) is kind
             assert [b.answer for b in back.beliefs(known)] == [b.answer for b in agent.beliefs(known)]
-    assert all(n >= 2 for n in landed.values()), landed        # measured: 3 of 3 for every family and editor
+    assert all(n >= 2 for n in landed.values()), landed        # measured: 3 of 3, but MEMIT 2 of 3 on gpt2
     for method in ("finetune", "lora"):
         a = agent.spawn(method)
         a.learn(world.facts()[:5], method, world=world, epochs=2)
         assert a.delta() and mismatch(a.model.state_dict(), a.base, a.last_update) is None
     # the population placement scores an edited agent as the local agent does
     local = agent.spawn("edited")
-    local.edit(reqs[:2], method="rome", world=world)
+    local.edit(reqs[:2], method="rome", world=world, **VALUE_STEPS)
     pop = make_placement("population", d)
     h = pop.spawn("edited")
-    pop.edit("edited", reqs[:2], "rome", world=world)
+    pop.edit("edited", reqs[:2], "rome", world=world, **VALUE_STEPS)
     qs = [r.query(world) for r in reqs] + known[:6]
     # held as two rank-one factors (GPT-2's Conv1D too), added by merged weights or gathered
     assert [v[0].shape[1] for v in pop.slots["edited"].delta.values()] == [2]

@@ -117,17 +117,18 @@ def test_population_placement_scores_the_memory_on_its_shared_model(small_dir, s
     from agents.population import PopulationPlacement
     from tests.test_placement import assert_same
     _, reqs, _, _ = edited
+    FEW = {"v_steps": 40}        # a shorter value search: the test compares the placements, edit for edit
     pop = PopulationPlacement.from_dir(small_dir)
     h, _, rome = pop.spawn("m"), pop.spawn("plain"), pop.spawn("rome")
-    pop.edit("m", reqs[:2], "memoir", world=small_world)
-    pop.spawn("m2").edit(reqs[4:5], method="memoir", world=small_world)
-    rome.edit(reqs[2:3], method="rome", world=small_world)
+    pop.edit("m", reqs[:2], "memoir", world=small_world, **FEW)
+    pop.spawn("m2").edit(reqs[4:5], method="memoir", world=small_world, **FEW)
+    rome.edit(reqs[2:3], method="rome", world=small_world, **FEW)
     ref = small_agent.spawn("ref")
-    ref.edit(reqs[:2], method="memoir", world=small_world)
+    ref.edit(reqs[:2], method="memoir", world=small_world, **FEW)
     ref2 = small_agent.spawn("ref 2")
-    ref2.edit(reqs[4:5], method="memoir", world=small_world)
+    ref2.edit(reqs[4:5], method="memoir", world=small_world, **FEW)
     ref_rome = small_agent.spawn("ref rome")
-    ref_rome.edit(reqs[2:3], method="rome", world=small_world)
+    ref_rome.edit(reqs[2:3], method="rome", world=small_world, **FEW)
     slot = pop.slots["m"]
     assert slot.solo is None and slot.delta == {} and list(slot.adds) == ["model.layers.0.mlp.down_proj"]
     held = slot.adds["model.layers.0.mlp.down_proj"][0].add.__self__     # only the columns its masks read
@@ -152,8 +153,8 @@ def test_population_placement_scores_the_memory_on_its_shared_model(small_dir, s
     ref_nll, ref_n = ref.nll(texts)
     assert n == ref_n and abs(nll - ref_nll) < 1e-4 * max(1.0, abs(ref_nll))
     # a weight edit on top keeps the memory; save, load and restore bring both back
-    h.edit(reqs[3:4], method="rome", world=small_world)
-    ref.edit(reqs[3:4], method="rome", world=small_world)
+    h.edit(reqs[3:4], method="rome", world=small_world, **FEW)
+    ref.edit(reqs[3:4], method="rome", world=small_world, **FEW)
     assert pop.slots["m"].solo is None and pop.slots["m"].delta and pop.slots["m"].adds
     qs = qs + [reqs[3].query(small_world)]
     assert_same(h.beliefs(qs), ref.beliefs(qs))

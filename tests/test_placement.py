@@ -212,38 +212,17 @@ def ray_cluster():
     ray.shutdown()
 
 
-def test_ray_actors_give_the_local_records_and_survive_a_killed_actor(ray_cluster, placements, small_dir, small_world):
-    from agents.ray_placement import RayPlacement
-    (local, hl), _ = placements
-    rp = RayPlacement(small_dir, actors=2)
-    try:
-        hr = give_deltas(rp, small_world, N)
-        assert sorted(set(rp.where.values())) == [0, 1]                 # the population is sharded
-        qs = random.Random(1).sample(small_world.queries(), 20)
-        want = [x for bs in all_beliefs(local, hl, qs) for x in bs]
-        assert_same(want, [x for bs in all_beliefs(rp, hr, qs) for x in bs])
-        assert_same(_discussion(hl, small_world), _discussion(hr, small_world))
-        pids = rp.pids()
-        ray_cluster.kill(rp.actors[1], no_restart=False)                # dies; Ray restarts it empty
-        assert_same(want, [x for bs in all_beliefs(rp, hr, qs) for x in bs])   # shard restored, asks re-sent
-        assert rp.pids()[1] != pids[1]
-        with pytest.raises(PlacementError, match="num_gpus: 1 per actor, but the Ray cluster has 0"):
-            RayPlacement(small_dir, num_gpus=1)
-    finally:
-        rp.close()
-
-
-def test_an_actor_that_dies_in_the_middle_of_a_round_is_restarted_and_its_asks_resent(
-        ray_cluster, placements, small_dir, small_world, tmp_path):
-    """The actor holding half the agents kills its own process while answering a discussion
-    round's asks (after the round began, before it answered): Ray restarts it, the driver
-    restores its shard and sends the asks again; the records equal the local run's, none
-    missing, none twice."""
+@pytest.fixture(scope="class")
+def ray_agents(ray_cluster, small_dir, small_world, tmp_path_factory):
+    """The 8 agents on a Ray placement of 2 actors, made once for the actor tests: (placement,
+    handles, marker). Its actors die once in a discussion round while the marker file exists
+    (the test of a death in the middle of a round makes it); without it they are plain shards.
+    Closed when the class of tests that use it ends: its actors hold the cluster's CPUs."""
     import os
     import signal
 
     from agents.ray_placement import RayPlacement, _Shard
-    marker = str(tmp_path / "die once")
+    marker = str(tmp_path_factory.mktemp("ray") / "die once")
 
     class DiesInARound(_Shard):
         def beliefs_many(self, asks):
@@ -259,10 +238,42 @@ def test_an_actor_that_dies_in_the_middle_of_a_round_is_restarted_and_its_asks_r
     class Faulty(RayPlacement):
         shard_class = DiesInARound
 
-    (local, hl), _ = placements
     rp = Faulty(small_dir, actors=2)
     try:
-        hr = give_deltas(rp, small_world, N)
+        yield rp, give_deltas(rp, small_world, N), marker
+    finally:
+        rp.close()
+
+
+class TestActors:
+    """Both tests on one placement (`ray_agents`): making it and its agents takes most of a test."""
+
+    def test_ray_actors_give_the_local_records_and_survive_a_killed_actor(self, ray_cluster, ray_agents, placements,
+                                                                           small_dir, small_world):
+        from agents.ray_placement import RayPlacement
+        (local, hl), _ = placements
+        rp, hr, _ = ray_agents
+        assert sorted(set(rp.where.values())) == [0, 1]                 # the population is sharded
+        qs = random.Random(1).sample(small_world.queries(), 20)
+        want = [x for bs in all_beliefs(local, hl, qs) for x in bs]
+        assert_same(want, [x for bs in all_beliefs(rp, hr, qs) for x in bs])
+        assert_same(_discussion(hl, small_world), _discussion(hr, small_world))
+        pids = rp.pids()
+        ray_cluster.kill(rp.actors[1], no_restart=False)                # dies; Ray restarts it empty
+        assert_same(want, [x for bs in all_beliefs(rp, hr, qs) for x in bs])   # shard restored, asks re-sent
+        assert rp.pids()[1] != pids[1]
+        with pytest.raises(PlacementError, match="num_gpus: 1 per actor, but the Ray cluster has 0"):
+            RayPlacement(small_dir, num_gpus=1)
+
+    def test_an_actor_that_dies_in_the_middle_of_a_round_is_restarted_and_its_asks_resent(
+            self, ray_agents, placements, small_world):
+        """The actor holding half the agents kills its own process while answering a discussion
+        round's asks (after the round began, before it answered): Ray restarts it, the driver
+        restores its shard and sends the asks again; the records equal the local run's, none
+        missing, none twice."""
+        import os
+        (local, hl), _ = placements
+        rp, hr, marker = ray_agents
         pids = rp.pids()
         open(marker, "w").close()
         want, got = _discussion(hl, small_world), _discussion(hr, small_world)
@@ -271,8 +282,6 @@ def test_an_actor_that_dies_in_the_middle_of_a_round_is_restarted_and_its_asks_r
         key = lambda r: (r.round, r.agent, r.subject, r.relation)
         assert len({key(r) for r in got}) == len(got)                       # nothing written twice
         assert_same(sorted(want, key=key), sorted(got, key=key))
-    finally:
-        rp.close()
 
 
 def test_a_run_on_ray_writes_the_records_of_a_population_run(ray_cluster, small_dir, tmp_path):
