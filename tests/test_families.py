@@ -15,9 +15,9 @@ FAST = ["qwen2", "gpt2", "gpt_neox"]
 SLOW = ["llama", "mistral", "gptj", "phi"]
 # the value search of ROME, MEMIT and MEMOIR for 80 Adam steps, not 150: on these tiny models
 # the target NLL stalls at the norm clamp before 80 (ROME's three edits on gpt2: .90 / .22 / .19
-# after 80, .90 / .21 / .20 after 150; every family and editor landed as many edits at 80 as
-# at 150, MEMIT on gpt2 2 of 3 both times, but 1 of 3 at 50), and the search was two thirds
-# of this test's time
+# after 80, .90 / .21 / .20 after 150; every editor on the three default families landed as
+# many edits at 80 as at 150, MEMIT on gpt2 2 of 3 both times, but 1 of 3 at 50; the four
+# --runslow families pass at 80 too), and the search was two thirds of this test's time
 VALUE_STEPS = {"v_steps": 80}
 
 
