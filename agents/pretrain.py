@@ -109,8 +109,7 @@ class PretrainConfig:
         flat = {k: float(v) if k in FLOAT_SETTINGS and type(v) is int else v for k, v in flat.items()}
         if "evidence_share" in flat:
             flat["evidence_rule"] = EVIDENCE_RULE     # models raised under an older rule are not reused
-        blob = json.dumps({"v": FORMAT_VERSION, **flat}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        return cache_key(flat)
 
 
 # knobs added after models were cached: hashed only when set, so those models stay cached
@@ -122,6 +121,13 @@ CORPUS_FIELDS = {f.name for f in dataclasses.fields(CorpusConfig)}
 SETTINGS = ({f.name for f in dataclasses.fields(PretrainConfig)} | CORPUS_FIELDS | {"preset"}) - {"corpus"}
 FLOAT_SETTINGS = {f.name for kind in (PretrainConfig, CorpusConfig) for f in dataclasses.fields(kind)
                   if f.type in ("float", float)}
+
+
+def cache_key(fields: dict) -> str:
+    """16 hex digits naming a cached model: a hash of what its training depends on and of the
+    cache's format version (a new version retrains every model)."""
+    blob = json.dumps({"v": FORMAT_VERSION, **fields}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def cache_root() -> Path:

@@ -44,12 +44,8 @@ def turning_nan(real, after: int = 2):
 def cached_dir(name: str, key: dict, build) -> Path:
     """A model dir trained by `build(dir)` once and kept in the model cache under `name` and a
     hash of `key` (what the training depends on), as `pretrained_dir` keeps the default's."""
-    import hashlib
-    import json
-
-    from agents.pretrain import FORMAT_VERSION, built_once, cache_root
-    blob = json.dumps({"v": FORMAT_VERSION, **key}, sort_keys=True, default=str)
-    return built_once(cache_root() / f"{name}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}", build)
+    from agents.pretrain import built_once, cache_key, cache_root
+    return built_once(cache_root() / f"{name}-{cache_key(key)}", build)
 
 
 def small_config(**kw) -> PretrainConfig:
