@@ -252,7 +252,10 @@ def ngram_entropy(text: str, ns=(2, 3), weights=(2 / 3, 4 / 3)) -> float:
 
 
 def generation_fluency(agent, prompts: list[str], max_new_tokens: int = 40) -> float:
-    """EasyEdit's fluency: the mean n-gram entropy of greedy text generated from `prompts`."""
+    """EasyEdit's fluency: the mean n-gram entropy of greedy text generated from `prompts`
+    (nan without prompts, as every metric with no queries behind it: `n_fluency=0`)."""
+    if not prompts:
+        return float("nan")
     return float(sum(ngram_entropy(t) for t in generated(agent, prompts, max_new_tokens)) / len(prompts))
 
 

@@ -38,6 +38,14 @@ def test_unedited_agent_scores_no_change(small_agent, small_world, setup):
         assert m["portability"] == 0.0   # the old company's city is still answered
 
 
+def test_no_fluency_prompts_give_nan_not_an_error(small_agent, small_world, setup):
+    """`n_fluency=0` (skip the generated-text entropy) raised ZeroDivisionError after every other
+    metric was computed."""
+    reqs, _ = setup
+    m = evaluate_edits(small_agent, small_world, reqs, n_fluency=0)
+    assert math.isnan(m["fluency"]) and m["reliability"] == 0.0 and m["reliability_gen"] == 0.0
+
+
 def test_metrics_see_a_destructive_edit(small_agent, small_world, setup):
     reqs, base = setup
     agent = small_agent.spawn("edited")
