@@ -30,7 +30,8 @@ from bench.common import md_table, write_section
 from bench.editing import default_model, sequential_requests
 from evolution.editors.memoir.editor import MEMOIRHyperParams, key_statistics, person_texts
 from evolution.editors.memoir.memory import install
-from evolution.editors.rome.compute_v import Rows, batch_of, frozen, head_logits, residual_after, rewrite_rows
+from evolution.editors.rome.compute_v import (Rows, batch_of, frozen, head_logits, residual_after, rewrite_rows,
+                                              target_nll)
 from evolution.editors.rome.repr_tools import keys_at_subject, subject_index
 from evolution.editors.rome.rome_main import chosen_layer
 from evolution.editors.target import chosen_key_tokens
@@ -57,14 +58,10 @@ def joint_nll(agent, layer: int, reqs, texts, slots: list[int], steps: int, lr: 
     rows, pos, grp = (torch.tensor(x, device=agent.device) for x in zip(*site))
     delta = torch.zeros(len(slots), resid.shape[-1], device=agent.device, requires_grad=True)
     opt = torch.optim.Adam([delta], lr=lr)
-    own = b.owner[:b.n_rw]
-    per_row = torch.zeros(b.n_rw, device=agent.device).index_add_(0, b.t_row, torch.ones(len(b.t_row), device=agent.device))
     with frozen(agent.model):
         for _ in range(steps):
             moved = resid.index_put((rows, pos), resid[rows, pos] + delta[grp])
-            lp = head_logits(agent.model, layer, moved, b, b.t_row, b.t_pos).log_softmax(-1)
-            row_nll = -torch.zeros(b.n_rw, device=agent.device).index_add_(0, b.t_row, lp.gather(1, b.t_tok[:, None])[:, 0]) / per_row
-            nll = torch.zeros(len(reqs), device=agent.device).index_add_(0, own, row_nll) / torch.bincount(own, minlength=len(reqs))
+            nll = target_nll(head_logits(agent.model, layer, moved, b, b.t_row, b.t_pos), b, len(reqs))
             loss = nll.sum() + weight_decay * (delta.norm(dim=1) ** 2).sum()
             opt.zero_grad()
             loss.backward()
@@ -72,9 +69,12 @@ def joint_nll(agent, layer: int, reqs, texts, slots: list[int], steps: int, lr: 
     return nll.detach().tolist()
 
 
+def keys_at(agent, mem, texts: list[str], subjects: list[str], token: int) -> torch.Tensor:
+    return keys_at_subject(agent.model, agent.tokenizer, texts, subjects, mem.layer, {s: token for s in subjects})
+
+
 @torch.no_grad()
-def masks_at(agent, mem, texts: list[str], subjects: list[str], token: int) -> list[set]:
-    keys = keys_at_subject(agent.model, agent.tokenizer, texts, subjects, mem.layer, {s: token for s in subjects})
+def masks_of(mem, keys: torch.Tensor) -> list[set]:
     return [set(m.tolist()) for m in mem.mask_index(mem.features(keys.to(mem.memory.dtype)))]
 
 
@@ -114,16 +114,14 @@ def main() -> None:
                 for i in range(len(world.relations[r.relation].heldout))]
         near = [q for q in others if name_length(agent, q.subject) == n][:40]
         for t in range(-n, 0):
-            own = masks_at(agent, mem, flat, [person] * len(flat), t)
-            key = mem.mask_index(mem.features(keys_at_subject(agent.model, agent.tokenizer, flat, [person] * len(flat),
-                                                              layer, {person: t}).mean(0, keepdim=True)))[0]
-            key = set(key.tolist())
+            keys = keys_at(agent, mem, flat, [person] * len(flat), t)
+            own, (key,) = masks_of(mem, keys), masks_of(mem, keys.mean(0, keepdim=True))
             share = lambda ms: sum(len(m & key) / mem.k >= mem.threshold for m in ms) / max(1, len(ms))
             role = "first" if t == -n else "last" if t == -1 else "middle"
             reach.append({"token of the name": role, "traced there": float(t == traced), "own texts": share(own),
-                          "held-out paraphrases": share(masks_at(agent, mem, held, [person] * len(held), t)),
-                          "other people": share(masks_at(agent, mem, [q.prompt for q in near],
-                                                          [q.subject for q in near], t))})
+                          "held-out paraphrases": share(masks_of(mem, keys_at(agent, mem, held, [person] * len(held), t))),
+                          "other people": share(masks_of(mem, keys_at(agent, mem, [q.prompt for q in near],
+                                                                      [q.subject for q in near], t)))})
         print(person, flush=True)
 
     room_df = pd.DataFrame(room).groupby("keyed tokens", sort=False).mean()

@@ -142,14 +142,19 @@ def losses(model, layer: int, resid: torch.Tensor, b: Batch, delta: torch.Tensor
     kl_rows_t = torch.arange(b.n_rw, len(b.subj), device=resid.device)
     logits = head_logits(model, layer, r, b, torch.cat([b.t_row, kl_rows_t]), torch.cat([b.t_pos, b.kl_last]))
     nt = len(b.t_row)
-    lp = logits[:nt].log_softmax(-1).gather(1, b.t_tok[:, None])[:, 0]
+    return target_nll(logits[:nt], b, n), logits[nt:].log_softmax(-1)
+
+
+def target_nll(logits: torch.Tensor, b: Batch, n: int) -> torch.Tensor:
+    """[n]: each group's target NLL (the mean over its rewrite rows of the row's mean token
+    NLL) from the logits at the target positions (`b.t_pos`, in order)."""
+    lp = logits.log_softmax(-1).gather(1, b.t_tok[:, None])[:, 0]
     dev = lp.device
     tok_per_row = torch.zeros(b.n_rw, device=dev).index_add_(0, b.t_row, torch.ones_like(lp))
     row_nll = -torch.zeros(b.n_rw, device=dev).index_add_(0, b.t_row, lp) / tok_per_row
     own = b.owner[:b.n_rw]
     rows_per_group = torch.zeros(n, device=dev).index_add_(0, own, torch.ones_like(row_nll))
-    nll = torch.zeros(n, device=dev).index_add_(0, own, row_nll) / rows_per_group
-    return nll, logits[nt:].log_softmax(-1)
+    return torch.zeros(n, device=dev).index_add_(0, own, row_nll) / rows_per_group
 
 
 def norm_anchored(values: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
